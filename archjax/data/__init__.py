@@ -1,0 +1,7 @@
+"""Datasets and input pipelines: in-memory digits and shapes, TFDS, grain iterators."""
+
+from archjax.data.base import Dataset
+from archjax.data.pipeline import eval_batches, train_iterator
+from archjax.data.registry import get_dataset, list_datasets
+
+__all__ = ["Dataset", "eval_batches", "get_dataset", "list_datasets", "train_iterator"]

@@ -1,0 +1,122 @@
+"""The train state: one pytree that holds everything a training run needs to resume."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from archjax.parallel import replicated
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training, as a pytree of arrays.
+
+    The model and the optimizer are *functions* and are not stored here: the
+    train step closes over them (see :func:`archjax.train.make_train_step`).
+
+    Attributes:
+      step: int32 scalar, number of optimizer updates done.
+      params: the ``params`` collection of the model.
+      batch_stats: the ``batch_stats`` collection (BatchNorm running statistics);
+        an empty dict for models without BatchNorm.
+      opt_state: the optax optimizer state.
+      rng: raw PRNG key data (``uint32[2]`` for the default ``threefry`` key). Raw
+        data rather than a typed key so that the state is a plain array pytree that
+        any checkpointer saves; the step folds in ``step`` to draw per-step keys.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: optax.OptState
+    rng: jax.Array
+
+    def variables(self) -> dict[str, Any]:
+        """The variables dict that ``model.apply`` takes."""
+        if self.batch_stats:
+            return {"params": self.params, "batch_stats": self.batch_stats}
+        return {"params": self.params}
+
+
+def _init_fn(model: nn.Module, tx: optax.GradientTransformation, input_shape: Sequence[int]):
+    def init(rng: jax.Array) -> TrainState:
+        param_rng, state_rng = jax.random.split(rng)
+        variables = model.init(param_rng, jnp.zeros(input_shape, jnp.float32), train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+            rng=jax.random.key_data(state_rng),
+        )
+
+    return init
+
+
+def abstract_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    input_shape: Sequence[int],
+    mesh: Mesh | None = None,
+) -> TrainState:
+    """Shapes, dtypes (and shardings if ``mesh`` is given) of a train state, without FLOPs.
+
+    This is the restore target of :class:`archjax.checkpoint.Checkpointer`.
+    """
+    abstract = jax.eval_shape(_init_fn(model, tx, input_shape), jax.random.key(0))
+    if mesh is None:
+        return abstract
+    sharding = state_sharding(abstract, mesh)
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, sharding
+    )
+
+
+def state_sharding(state: Any, mesh: Mesh) -> Any:
+    """Per-leaf shardings of a train state: replicated (data parallelism)."""
+    return jax.tree.map(lambda _: replicated(mesh), state)
+
+
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    rng: jax.Array,
+    input_shape: Sequence[int],
+    mesh: Mesh | None = None,
+) -> TrainState:
+    """Initialises a train state, placed on ``mesh`` if given.
+
+    Follows the pattern ``jax.eval_shape`` -> shardings -> ``jax.jit(init,
+    out_shardings=...)`` so that each device materialises only its own part.
+
+    Args:
+      model: a Flax module called as ``model(x, train=...)``.
+      tx: an optax optimizer.
+      rng: a PRNG key (``jax.random.key(seed)``); split into init and step keys.
+      input_shape: shape of a dummy input batch, e.g. ``(1, 16, 16, 1)``.
+      mesh: optional mesh; the state is replicated over it.
+
+    Returns:
+      A :class:`TrainState` at step 0.
+
+    Example:
+      >>> model = archjax.models.create("resnet20", num_classes=10)
+      >>> state = create_train_state(model, optax.adam(1e-3), rng=jax.random.key(0),
+      ...                            input_shape=(1, 16, 16, 1))
+    """
+    init = _init_fn(model, tx, input_shape)
+    if mesh is None:
+        return jax.jit(init)(rng)
+    abstract = jax.eval_shape(init, rng)
+    return jax.jit(init, out_shardings=state_sharding(abstract, mesh))(rng)

@@ -1,0 +1,59 @@
+r"""The main job: a CIFAR-style ResNet-20 on scikit-learn's digits (no network needed).
+
+Every key an experiment may set is defined here; other configs start from this
+one and change values, so a misspelt key is caught (see experiments/train.py).
+
+Run it (the README's first command does exactly this):
+
+  python -m experiments.train
+  python -m experiments.train --config=experiments/configs/default.py \
+      --workdir=runs/digits_wide --config.model_kwargs.width_multiplier=2.0
+
+`get_config(arg)` takes an optional comma-separated "key=value" string, e.g.
+`--config=experiments/configs/default.py:model=resnet32,num_steps=800`.
+"""
+
+import ml_collections
+
+from experiments import config_utils
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Returns the default config; ``arg`` is "key=value,..." applied on top."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # Data: a name from archjax.data.list_datasets() ("digits", "shapes", "tfds:<name>").
+    c.dataset = "digits"
+    c.dataset_kwargs = ml_collections.ConfigDict()  # e.g. {"num_examples": 10000} for shapes
+    c.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir
+    c.image_size = 16
+    c.random_crop_pad = 1  # pixels of zero padding before a random crop (0 = off)
+    c.random_flip = False  # digits are not mirror symmetric
+
+    # Model: a name from archjax.models.list_models(); knobs go to models.create().
+    c.model = "resnet20"
+    c.model_kwargs = ml_collections.ConfigDict()  # e.g. {"width_multiplier": 2.0}
+
+    # Optimisation.
+    c.batch_size = 128  # global; must be divisible by the number of devices
+    c.num_steps = 500
+    c.optimizer = "sgd"  # a name from archjax.optim.list_optimizers()
+    c.learning_rate = 0.1
+    c.momentum = 0.9
+    c.nesterov = True
+    c.weight_decay = 5e-4
+    c.warmup_steps = 25
+    c.label_smoothing = 0.1
+
+    # Parallelism: devices on the data axis (None = all).
+    c.num_devices = ml_collections.config_dict.placeholder(int)
+
+    # Logging, evaluation, checkpoints (in steps).
+    c.log_every = 25
+    c.eval_every = 100
+    c.eval_batch_size = 256
+    c.checkpoint_every = 100
+    c.keep_checkpoints = 3
+
+    return config_utils.apply_arg(c, arg)

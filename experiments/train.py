@@ -1,0 +1,257 @@
+r"""The main archjax job: train and evaluate an image classifier, resumably.
+
+  python -m experiments.train                                  # ResNet-20 on digits
+  python -m experiments.train --workdir=runs/r32 --config.model=resnet32
+  python -m experiments.train --config=experiments/configs/default.py:num_steps=1000
+
+Writes into the workdir (default ``runs/<config name>``): ``checkpoints/``,
+``metrics.jsonl`` (one JSON object per log/eval event), ``curves.png`` and
+``config.json``. Running the same command again resumes from the latest
+checkpoint. SIGINT/SIGTERM (Ctrl-C, a preemption notice) save a checkpoint at the
+current step before exiting, so a re-run loses nothing; a hard kill loses at most
+``checkpoint_every`` steps.
+
+This file is meant to be read and forked, not subclassed: the loop is flat.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from archjax import data, models, optim, parallel
+from archjax import train as T
+from archjax.checkpoint import Checkpointer
+from experiments import config_utils
+from experiments.plotting import plot_curves
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG, "Path to a config file, optionally ':arg'.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output directory (default: runs/<config file name>)."
+)
+
+# Keys that may change between a run and its resumption; any other change would
+# make the checkpoint mean something else, so it is refused.
+RESUMABLE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
+
+
+def evaluate(eval_step, state, ds, *, batch_size: int, mesh) -> dict[str, float]:
+    """Test loss and accuracy over a whole split (every example counted once)."""
+    totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    for batch in data.eval_batches(ds, batch_size=batch_size):
+        out = jax.device_get(eval_step(state, parallel.shard_batch(batch, mesh)))
+        totals = {k: totals[k] + float(out[k]) for k in totals}
+    n = max(totals["count"], 1.0)
+    return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n}
+
+
+class _Interrupt:
+    """Turns SIGINT/SIGTERM into a flag that the loop checks after each step."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # a second signal: the user really wants out
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint).
+
+    Returns:
+      A summary dict: ``test_accuracy``, ``test_loss``, ``steps``, ``wall_time``,
+      ``workdir``, ``resumed_from`` (step or None), ``interrupted`` (bool).
+    """
+    start = time.time()
+    config_utils.validate(config)
+    mesh = parallel.make_mesh(config.num_devices)
+    parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.eval_batch_size, mesh)
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    config_utils.check_or_write(config, workdir, resumable_keys=RESUMABLE_KEYS)
+
+    data_kw = dict(config.dataset_kwargs.to_dict(), image_size=config.image_size)
+    train_ds = data.get_dataset(config.dataset, "train", data_dir=config.data_dir, **data_kw)
+    test_ds = data.get_dataset(config.dataset, "test", data_dir=config.data_dir, **data_kw)
+    model_kw = {"num_classes": train_ds.num_classes, **config.model_kwargs.to_dict()}
+    model = models.create(config.model, **model_kw)
+    tx = optim.create_optimizer(
+        config.optimizer,
+        learning_rate=config.learning_rate,
+        num_steps=config.num_steps,
+        warmup_steps=config.warmup_steps,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
+    input_shape = (1, *train_ds.image_shape)
+    train_iter = data.train_iterator(
+        train_ds,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        random_crop_pad=config.random_crop_pad,
+        random_flip=config.random_flip,
+    )
+
+    ckpt = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        save_interval_steps=config.checkpoint_every,
+        max_to_keep=config.keep_checkpoints,
+    )
+    resumed_from = ckpt.latest_step()
+    if resumed_from is None:
+        state = T.create_train_state(
+            model, tx, rng=jax.random.key(config.seed), input_shape=input_shape, mesh=mesh
+        )
+    else:
+        target = T.abstract_train_state(model, tx, input_shape=input_shape, mesh=mesh)
+        state, data_state = ckpt.restore(target, step=resumed_from)
+        if data_state is not None:
+            train_iter.set_state(data_state)
+        print(f"Resuming from step {resumed_from} ({ckpt.directory}/{resumed_from}).", flush=True)
+    step = int(state.step)
+
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    if is_main:
+        config_utils.truncate_metrics(metrics_path, after_step=step)
+    train_step = T.jit_train_step(
+        T.make_train_step(model, tx, label_smoothing=config.label_smoothing), mesh=mesh
+    )
+    eval_step = T.jit_eval_step(T.make_eval_step(model), mesh=mesh)
+
+    def log(record: dict) -> None:
+        if is_main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def run_eval() -> dict[str, float]:
+        result = evaluate(eval_step, state, test_ds, batch_size=config.eval_batch_size, mesh=mesh)
+        log({"step": step, "split": "test", **result})
+        return result
+
+    test = None
+    interrupted = False
+    bar = tqdm(
+        total=config.num_steps,
+        initial=step,
+        desc="train",
+        unit="step",
+        disable=not is_main,
+        dynamic_ncols=True,
+        file=sys.stdout,
+    )
+    with _Interrupt() as interrupt:
+        train_sums, n_sums, t_log = None, 0, time.time()
+        while step < config.num_steps:
+            batch = parallel.shard_batch(next(train_iter), mesh)
+            state, metrics = train_step(state, batch)
+            step += 1
+            train_sums = (
+                metrics if train_sums is None else jax.tree.map(np.add, train_sums, metrics)
+            )
+            n_sums += 1
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.num_steps:
+                means = {k: float(v) / n_sums for k, v in jax.device_get(train_sums).items()}
+                if not np.isfinite(means["loss"]):
+                    raise FloatingPointError(
+                        f"Training loss is {means['loss']} at step {step} (model {config.model}, "
+                        f"learning_rate {config.learning_rate}). The last finite checkpoint is in "
+                        f"{ckpt.directory}; lower the learning rate or add warmup."
+                    )
+                rate = n_sums * config.batch_size / (time.time() - t_log)
+                log({"step": step, "split": "train", **means, "examples_per_sec": rate})
+                bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
+                train_sums, n_sums, t_log = None, 0, time.time()
+            if step % config.eval_every == 0 or step == config.num_steps:
+                test = run_eval()
+                bar.write(
+                    f"step {step}: test loss {test['loss']:.4f}, "
+                    f"test accuracy {test['accuracy']:.4f}"
+                )
+            ckpt.save(
+                step, state, data_state=train_iter.get_state(), force=step == config.num_steps
+            )
+            if interrupt.signum is not None:
+                ckpt.save(step, state, data_state=train_iter.get_state(), force=True)
+                interrupted = True
+                bar.write(
+                    f"Received {signal.Signals(interrupt.signum).name}: saved a checkpoint "
+                    f"at step {step}. Re-run the same command to resume."
+                )
+                break
+    bar.close()
+    ckpt.close()
+    if test is None and not interrupted:  # resumed a finished run: evaluate once more
+        test = run_eval()
+    if is_main:
+        plot_curves(metrics_path, os.path.join(workdir, "curves.png"), title=config.model)
+    summary = {
+        "test_accuracy": None if test is None else test["accuracy"],
+        "test_loss": None if test is None else test["loss"],
+        "steps": step,
+        "wall_time": time.time() - start,
+        "workdir": workdir,
+        "resumed_from": resumed_from,
+        "interrupted": interrupted,
+    }
+    if interrupted:
+        summary["signal"] = interrupt.signum
+    return summary
+
+
+def default_workdir(config_path: str) -> str:
+    """``runs/<config file stem>[_<arg>]``: re-running the same command resumes."""
+    path, _, arg = config_path.partition(":")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join(
+        "runs", stem + (f"_{arg}" if arg else "").replace("=", "").replace(",", "_")
+    )
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+    config = config_utils.apply_free_form_overrides(_CONFIG.value)
+    workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].serialize().split("=", 1)[1])
+    summary = train_and_evaluate(config, workdir)
+    acc = summary["test_accuracy"]
+    acc_text = "n/a" if acc is None else f"{acc:.4f}"
+    status = "Interrupted" if summary["interrupted"] else "Done"
+    print(
+        f"{status}: test accuracy {acc_text} | steps {summary['steps']} | "
+        f"wall time {summary['wall_time']:.1f}s | workdir {workdir}",
+        flush=True,
+    )
+    if summary["interrupted"]:
+        sys.exit(128 + summary["signal"])
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=config_utils.flags_parser)
