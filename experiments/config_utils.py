@@ -16,7 +16,6 @@ import sys
 from collections.abc import Sequence
 
 import ml_collections
-from absl import flags
 
 from archjax import data, models, optim
 
@@ -192,11 +191,15 @@ def apply_free_form_overrides(config: ml_collections.ConfigDict) -> ml_collectio
     return config
 
 
-def flags_parser(argv: list[str]) -> list[str]:
-    """absl flags parser that reports unknown ``--config.*`` keys by name."""
+def preprocess_argv(argv: list[str]) -> None:
+    """Checks ``--config.*`` flags and takes out free-form ones, editing ``argv`` in place.
+
+    Call before ``config_flags.DEFINE_config_file``, which applies the overrides in
+    ``sys.argv`` as soon as it is defined. Exits with status 2 and a message naming
+    the key (and the allowed keys) if a ``--config.*`` flag names an unknown key.
+    """
     try:
-        argv = [argv[0], *_split_overrides(argv[1:])]
+        argv[1:] = _split_overrides(argv[1:])
     except (ValueError, FileNotFoundError) as e:
         print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
         sys.exit(2)
-    return flags.FLAGS(argv)

@@ -36,14 +36,6 @@ from archjax.checkpoint import Checkpointer
 from experiments import config_utils
 from experiments.plotting import plot_curves
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG, "Path to a config file, optionally ':arg'.", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Output directory (default: runs/<config file name>)."
-)
-
 # Keys that may change between a run and its resumption; any other change would
 # make the checkpoint mean something else, so it is refused.
 RESUMABLE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
@@ -57,6 +49,16 @@ def evaluate(eval_step, state, ds, *, batch_size: int, mesh) -> dict[str, float]
         totals = {k: totals[k] + float(out[k]) for k in totals}
     n = max(totals["count"], 1.0)
     return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n}
+
+
+def _check_finite(loss: float, step: int, config: ml_collections.ConfigDict, ckpt_dir: str):
+    """Stops a diverged run with a message that says where and what to change."""
+    if not np.isfinite(loss):
+        raise FloatingPointError(
+            f"Training loss is {loss} at step {step} (model {config.model}, learning_rate "
+            f"{config.learning_rate}). Checkpoints before this step are intact in {ckpt_dir}; "
+            "lower the learning rate or add warmup."
+        )
 
 
 class _Interrupt:
@@ -164,49 +166,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         disable=not is_main,
         dynamic_ncols=True,
         file=sys.stdout,
+        # Redrawn at most every 10 s when writing to a log file rather than a terminal.
+        mininterval=0.1 if sys.stdout.isatty() else 10.0,
     )
-    with _Interrupt() as interrupt:
-        train_sums, n_sums, t_log = None, 0, time.time()
-        while step < config.num_steps:
-            batch = parallel.shard_batch(next(train_iter), mesh)
-            state, metrics = train_step(state, batch)
-            step += 1
-            train_sums = (
-                metrics if train_sums is None else jax.tree.map(np.add, train_sums, metrics)
-            )
-            n_sums += 1
-            bar.update(1)
-            if step % config.log_every == 0 or step == config.num_steps:
-                means = {k: float(v) / n_sums for k, v in jax.device_get(train_sums).items()}
-                if not np.isfinite(means["loss"]):
-                    raise FloatingPointError(
-                        f"Training loss is {means['loss']} at step {step} (model {config.model}, "
-                        f"learning_rate {config.learning_rate}). The last finite checkpoint is in "
-                        f"{ckpt.directory}; lower the learning rate or add warmup."
+    try:
+        with _Interrupt() as interrupt:
+            train_sums, n_sums, t_log = None, 0, time.time()
+            while step < config.num_steps:
+                batch = parallel.shard_batch(next(train_iter), mesh)
+                state, metrics = train_step(state, batch)
+                step += 1
+                train_sums = (
+                    metrics if train_sums is None else jax.tree.map(np.add, train_sums, metrics)
+                )
+                n_sums += 1
+                bar.update(1)
+                is_last = step == config.num_steps
+                saving = bool(is_last or step % config.checkpoint_every == 0 or interrupt.signum)
+                if saving or step % config.log_every == 0:
+                    # Checked before every save too, so no checkpoint holds a diverged state.
+                    means = {k: float(v) / n_sums for k, v in jax.device_get(train_sums).items()}
+                    _check_finite(means["loss"], step, config, ckpt.directory)
+                if step % config.log_every == 0 or is_last:
+                    rate = n_sums * config.batch_size / (time.time() - t_log)
+                    log({"step": step, "split": "train", **means, "examples_per_sec": rate})
+                    bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
+                    train_sums, n_sums, t_log = None, 0, time.time()
+                if step % config.eval_every == 0 or step == config.num_steps:
+                    test = run_eval()
+                    bar.write(
+                        f"step {step}: test loss {test['loss']:.4f}, "
+                        f"test accuracy {test['accuracy']:.4f}"
                     )
-                rate = n_sums * config.batch_size / (time.time() - t_log)
-                log({"step": step, "split": "train", **means, "examples_per_sec": rate})
-                bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
-                train_sums, n_sums, t_log = None, 0, time.time()
-            if step % config.eval_every == 0 or step == config.num_steps:
-                test = run_eval()
-                bar.write(
-                    f"step {step}: test loss {test['loss']:.4f}, "
-                    f"test accuracy {test['accuracy']:.4f}"
-                )
-            ckpt.save(
-                step, state, data_state=train_iter.get_state(), force=step == config.num_steps
-            )
-            if interrupt.signum is not None:
-                ckpt.save(step, state, data_state=train_iter.get_state(), force=True)
-                interrupted = True
-                bar.write(
-                    f"Received {signal.Signals(interrupt.signum).name}: saved a checkpoint "
-                    f"at step {step}. Re-run the same command to resume."
-                )
-                break
-    bar.close()
-    ckpt.close()
+                ckpt.save(step, state, data_state=train_iter.get_state(), force=saving)
+                if interrupt.signum is not None:
+                    interrupted = True
+                    bar.write(
+                        f"Received {signal.Signals(interrupt.signum).name}: saved a checkpoint "
+                        f"at step {step}. Re-run the same command to resume."
+                    )
+                    break
+    finally:  # also on errors (NaN loss): pending saves finish, files close
+        bar.close()
+        ckpt.close()
     if test is None and not interrupted:  # resumed a finished run: evaluate once more
         test = run_eval()
     if is_main:
@@ -234,24 +236,43 @@ def default_workdir(config_path: str) -> str:
     )
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-    config = config_utils.apply_free_form_overrides(_CONFIG.value)
-    workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].serialize().split("=", 1)[1])
-    summary = train_and_evaluate(config, workdir)
-    acc = summary["test_accuracy"]
-    acc_text = "n/a" if acc is None else f"{acc:.4f}"
-    status = "Interrupted" if summary["interrupted"] else "Done"
-    print(
-        f"{status}: test accuracy {acc_text} | steps {summary['steps']} | "
-        f"wall time {summary['wall_time']:.1f}s | workdir {workdir}",
-        flush=True,
+def cli() -> None:
+    """Entry point of ``python -m experiments.train``."""
+    # config_flags applies --config.* overrides as soon as the flag is defined, so
+    # unknown keys are reported (and free-form ones taken out) before that.
+    config_utils.preprocess_argv(sys.argv)
+    config_flag = config_flags.DEFINE_config_file(
+        "config",
+        config_utils.DEFAULT_CONFIG,
+        "Config file, optionally 'path:arg'.",
+        lock_config=True,
     )
-    if summary["interrupted"]:
-        sys.exit(128 + summary["signal"])
+    workdir_flag = flags.DEFINE_string(
+        "workdir", None, "Output directory (default: runs/<config file name>)."
+    )
+
+    def main(argv: list[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+        config = config_utils.apply_free_form_overrides(config_flag.value)
+        workdir = workdir_flag.value or default_workdir(
+            flags.FLAGS["config"].serialize().split("=", 1)[1]
+        )
+        summary = train_and_evaluate(config, workdir)
+        acc = summary["test_accuracy"]
+        acc_text = "n/a" if acc is None else f"{acc:.4f}"
+        status = "Interrupted" if summary["interrupted"] else "Done"
+        print(
+            f"{status}: test accuracy {acc_text} | steps {summary['steps']} | "
+            f"wall time {summary['wall_time']:.1f}s | workdir {workdir}",
+            flush=True,
+        )
+        if summary["interrupted"]:
+            sys.exit(128 + summary["signal"])
+
+    app.run(main)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_utils.flags_parser)
+    cli()

@@ -1,0 +1,185 @@
+"""The main job end to end: outputs, resume, preemption, and config errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import pytest
+
+from archjax import models, optim
+from archjax import train as T
+from archjax.checkpoint import Checkpointer
+from experiments import config_utils
+from experiments import train as main_job
+from experiments.plotting import read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# A tiny but real run: digits at 8 px, a quarter-width ResNet-8, one device.
+TINY = dict(
+    model="resnet8",
+    image_size=8,
+    batch_size=32,
+    eval_batch_size=64,
+    num_steps=12,
+    log_every=3,
+    eval_every=6,
+    checkpoint_every=4,
+    warmup_steps=2,
+    num_devices=1,
+)
+
+
+def tiny_config(**overrides):
+    config = config_utils.load_config()
+    config.update({**TINY, **overrides})
+    config.model_kwargs.width_multiplier = 0.25
+    return config
+
+
+def _overrides_as_flags(**overrides):
+    args = [f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]
+    return [*args, "--config.model_kwargs.width_multiplier=0.25"]
+
+
+def _final_state(workdir, config):
+    """Restores the latest checkpoint of a run (on one device)."""
+    train_ds_shape = (1, config.image_size, config.image_size, 1)
+    model = models.create(config.model, num_classes=10, **config.model_kwargs.to_dict())
+    tx = optim.create_optimizer(
+        config.optimizer,
+        learning_rate=config.learning_rate,
+        num_steps=config.num_steps,
+        warmup_steps=config.warmup_steps,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
+    target = T.abstract_train_state(model, tx, input_shape=train_ds_shape)
+    with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+        return ckpt.restore(target)[0], ckpt.all_steps()
+
+
+def test_run_writes_outputs_and_resumes(tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    summary = main_job.train_and_evaluate(tiny_config(), workdir)
+    assert summary["steps"] == 12 and summary["resumed_from"] is None
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    for name in ("metrics.jsonl", "curves.png", "config.json"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    assert [r["step"] for r in records if r["split"] == "train"] == [3, 6, 9, 12]
+    assert [r["step"] for r in records if r["split"] == "test"] == [6, 12]
+    assert _final_state(workdir, tiny_config())[1] == [4, 8, 12]
+
+    # Same command again: resumes from the last checkpoint, says so, trains no more.
+    again = main_job.train_and_evaluate(tiny_config(), workdir)
+    assert again["resumed_from"] == 12 and again["steps"] == 12
+    assert "Resuming from step 12" in capsys.readouterr().out
+    assert again["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+
+    # A longer schedule is a resumable change; the model is not.
+    longer = main_job.train_and_evaluate(tiny_config(num_steps=16), workdir)
+    assert longer["resumed_from"] == 12 and longer["steps"] == 16
+    with pytest.raises(ValueError, match=r"different config \(model: 'resnet8' -> 'resnet20'\)"):
+        main_job.train_and_evaluate(tiny_config(model="resnet20"), workdir)
+
+
+def _run_main(workdir, *extra, wait=True):
+    cmd = [sys.executable, "-m", "experiments.train", f"--workdir={workdir}", *extra]
+    if wait:
+        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_preemption_then_rerun_equals_uninterrupted_run(tmp_path, signum):
+    """SIGTERM/SIGINT saves a checkpoint at the current step; the re-run continues
+    from it and ends in exactly the state of a run that was never interrupted."""
+    # Slow enough per step that the signal lands mid-run (full width, 16 px).
+    overrides = dict(num_steps=150, image_size=16, checkpoint_every=25, eval_every=150)
+    flags = _overrides_as_flags(**overrides)
+    workdir = str(tmp_path / "preempted")
+    proc = _run_main(workdir, *flags, wait=False)
+    first_ckpt = os.path.join(workdir, "checkpoints", "25")
+    deadline = time.time() + 300
+    while not os.path.isdir(first_ckpt) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signum, out
+    assert f"Received {signal.Signals(signum).name}: saved a checkpoint at step" in out
+    assert "Interrupted: test accuracy n/a" in out
+    config = tiny_config(**overrides)
+    _, steps = _final_state(workdir, config)
+    stopped_at = steps[-1]
+    assert 25 <= stopped_at < 150, steps  # the signal's own checkpoint, not a periodic one only
+
+    rerun = _run_main(workdir, *flags)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"Resuming from step {stopped_at}" in rerun.stdout
+    assert "Done: test accuracy" in rerun.stdout and "steps 150" in rerun.stdout
+
+    reference = str(tmp_path / "reference")
+    main_job.train_and_evaluate(config, reference)
+    resumed_state, _ = _final_state(workdir, config)
+    reference_state, _ = _final_state(reference, config)
+    chex.assert_trees_all_close(resumed_state, reference_state, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_unknown_config_key_names_it(tmp_path):
+    result = _run_main(str(tmp_path), "--config.num_step=5")
+    assert result.returncode == 2
+    assert "Unknown config key 'num_step'" in result.stderr
+    assert "Did you mean 'num_steps'?" in result.stderr and "batch_size" in result.stderr
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(model="resnet21"), r"Unknown model 'resnet21' \(config.model\).*resnet20"),
+        (dict(dataset="digitz"), r"Unknown dataset 'digitz' \(config.dataset\).*digits.*shapes"),
+        (dict(optimizer="adamm"), r"Unknown optimizer 'adamm'.*adamw, sgd"),
+        (dict(num_steps=0), r"config.num_steps must be a positive integer"),
+        (
+            dict(batch_size=12, num_devices=None),
+            r"Batch size 12 is not divisible by the number of devices .* \(8\)",
+        ),
+    ],
+)
+def test_bad_config_values_name_the_problem(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        main_job.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
+
+
+def test_unknown_key_in_config_dict(tmp_path):
+    config = tiny_config()
+    config.lerning_rate = 0.1  # a typo in a config file
+    with pytest.raises(ValueError, match=r"Unknown config key 'lerning_rate'.*'learning_rate'"):
+        main_job.train_and_evaluate(config, str(tmp_path))
+
+
+def test_unknown_model_knob_names_allowed(tmp_path):
+    config = tiny_config()
+    config.model_kwargs.widht = 2.0
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['widht'\].*width_multiplier"):
+        main_job.train_and_evaluate(config, str(tmp_path))
+
+
+def test_diverging_loss_raises_with_step(tmp_path):
+    config = tiny_config(learning_rate=1e30, warmup_steps=0, log_every=1, label_smoothing=0.0)
+    with pytest.raises(FloatingPointError, match=r"Training loss is (nan|inf) at step \d+"):
+        main_job.train_and_evaluate(config, str(tmp_path))
+
+
+def test_default_workdir_is_stable():
+    assert main_job.default_workdir("experiments/configs/default.py") == "runs/default"
+    assert main_job.default_workdir("a/b.py:model=resnet32,num_steps=9") == (
+        "runs/b_modelresnet32_num_steps9"
+    )
