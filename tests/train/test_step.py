@@ -80,19 +80,6 @@ def test_sharded_state_and_batch_placement(tiny):
     assert jax.tree.leaves(new_state.params)[0].sharding.is_fully_replicated
 
 
-def test_batch_not_divisible_by_devices_names_both_numbers():
-    mesh = parallel.make_mesh()
-    with pytest.raises(ValueError, match=r"Batch size 12 is not divisible .* \(8\)"):
-        parallel.check_batch_size(12, mesh)
-    with pytest.raises(ValueError, match="Batch size 12"):
-        parallel.shard_batch(_batches(1, batch_size=12)[0], mesh)
-
-
-def test_make_mesh_rejects_too_many_devices():
-    with pytest.raises(ValueError, match="num_devices=9 but 8"):
-        parallel.make_mesh(9)
-
-
 def test_eval_step_masks_padding(tiny):
     model, mesh, new_state, _ = tiny
     state = new_state()
