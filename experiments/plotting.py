@@ -16,8 +16,12 @@ def read_metrics(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_curves(metrics_path: str, out_path: str, *, title: str = "") -> None:
-    """Writes a two-panel PNG: loss and accuracy against step, train and test."""
+def plot_curves(metrics_path: str, out_path: str, *, title: str = "", train_note: str = "") -> None:
+    """Writes a two-panel PNG: loss and accuracy against step, train and test.
+
+    ``train_note`` is appended to the train legend, e.g. to say that the train loss
+    is measured against label-smoothed targets and so does not go to zero.
+    """
     records = read_metrics(metrics_path)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for split, style in (("train", "-"), ("test", "o-")):
@@ -25,7 +29,8 @@ def plot_curves(metrics_path: str, out_path: str, *, title: str = "") -> None:
         if not rows:
             continue
         steps = [r["step"] for r in rows]
-        ax_loss.plot(steps, [r["loss"] for r in rows], style, label=split)
+        label = split + (train_note if split == "train" else "")
+        ax_loss.plot(steps, [r["loss"] for r in rows], style, label=label)
         ax_acc.plot(steps, [r["accuracy"] for r in rows], style, label=split)
     ax_loss.set(xlabel="step", ylabel="cross-entropy", title=f"{title} loss".strip())
     ax_acc.set(xlabel="step", ylabel="top-1 accuracy", title=f"{title} accuracy".strip())

@@ -151,9 +151,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def run_eval() -> dict[str, float]:
+    def run_eval(record: bool = True) -> dict[str, float]:
         result = evaluate(eval_step, state, test_ds, batch_size=config.eval_batch_size, mesh=mesh)
-        log({"step": step, "split": "test", **result})
+        if record:
+            log({"step": step, "split": "test", **result})
         return result
 
     test = None
@@ -163,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         initial=step,
         desc="train",
         unit="step",
-        disable=not is_main,
+        disable=not is_main or step >= config.num_steps,
         dynamic_ncols=True,
         file=sys.stdout,
         # Redrawn at most every 10 s when writing to a log file rather than a terminal.
@@ -209,10 +210,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     finally:  # also on errors (NaN loss): pending saves finish, files close
         bar.close()
         ckpt.close()
-    if test is None and not interrupted:  # resumed a finished run: evaluate once more
-        test = run_eval()
+    if test is None and not interrupted:  # resumed a finished run: evaluate, log nothing new
+        print(f"The run had already reached num_steps={config.num_steps}.", flush=True)
+        test = run_eval(record=False)
     if is_main:
-        plot_curves(metrics_path, os.path.join(workdir, "curves.png"), title=config.model)
+        note = f" (label smoothing {config.label_smoothing})" if config.label_smoothing else ""
+        plot_curves(
+            metrics_path, os.path.join(workdir, "curves.png"), title=config.model, train_note=note
+        )
     summary = {
         "test_accuracy": None if test is None else test["accuracy"],
         "test_loss": None if test is None else test["loss"],

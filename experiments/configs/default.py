@@ -37,13 +37,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Optimisation.
     c.batch_size = 128  # global; must be divisible by the number of devices
-    c.num_steps = 500
+    c.num_steps = 300
     c.optimizer = "sgd"  # a name from archjax.optim.list_optimizers()
     c.learning_rate = 0.1
     c.momentum = 0.9
     c.nesterov = True
     c.weight_decay = 5e-4
-    c.warmup_steps = 25
+    c.warmup_steps = 15
     c.label_smoothing = 0.1
 
     # Parallelism: devices on the data axis (None = all).
