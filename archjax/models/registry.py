@@ -12,17 +12,25 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_TINY: dict[str, dict[str, Any]] = {}
+_DEFAULT_TINY = {"width_multiplier": 1 / 16}
 
 
-def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register(
+    name: str, *, tiny: dict[str, Any] | None = None
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator that registers a model constructor under ``name``.
 
     Args:
-      name: registry key, lower case (e.g. ``"resnet50"``).
+      name: registry key, lower case (e.g. ``"resnet50"``); where timm has the
+        same network, use timm's name.
+      tiny: knobs that make a very small member of the same family, used by the
+        registry-wide tests and smoke runs (default: ``width_multiplier=1/16``).
 
     Returns:
       A decorator returning the constructor unchanged.
@@ -32,9 +40,16 @@ def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn
         if name in _REGISTRY:
             raise ValueError(f"Model {name!r} is already registered.")
         _REGISTRY[name] = fn
+        _TINY[name] = dict(_DEFAULT_TINY if tiny is None else tiny)
         return fn
 
     return wrap
+
+
+def tiny_kwargs(name: str) -> dict[str, Any]:
+    """Knobs that shrink model ``name`` for fast tests: ``create(name, **tiny_kwargs(name))``."""
+    _check_name(name)
+    return dict(_TINY[name])
 
 
 def list_models() -> list[str]:
@@ -49,6 +64,15 @@ def _knobs(module_cls: type) -> list[str]:
         for f in dataclasses.fields(module_cls)
         if f.init and f.name not in ("parent", "name")
     ]
+
+
+def _check_name(name: str) -> None:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(
+            f"Unknown model {name!r}.{hint} Registered models: {', '.join(list_models())}."
+        )
 
 
 def create(name: str, **kwargs) -> nn.Module:
@@ -70,12 +94,7 @@ def create(name: str, **kwargs) -> nn.Module:
       >>> model = create("resnet20", num_classes=10)
       >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), train=False)
     """
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
-            f"Unknown model {name!r}.{hint} Registered models: {', '.join(list_models())}."
-        )
+    _check_name(name)
     ctor = _REGISTRY[name]
     try:
         return ctor(**kwargs)

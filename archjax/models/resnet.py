@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from archjax.models.registry import register
+from archjax.models.torch_import import StateDictReader, register_converter
 
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -176,3 +177,39 @@ for _depth in (8, 20, 32, 56):
 register("resnet18")(functools.partial(_imagenet, (2, 2, 2, 2), "basic"))
 register("resnet34")(functools.partial(_imagenet, (3, 4, 6, 3), "basic"))
 register("resnet50")(functools.partial(_imagenet, (3, 4, 6, 3), "bottleneck"))
+
+
+@register_converter(r"resnet(18|34|50)")
+def _from_torch(arrays, name: str) -> dict:
+    """torchvision/timm ``resnet{18,34,50}`` state dict -> variables (same layer order)."""
+    read = StateDictReader(arrays)
+    params, stats = {}, {}
+
+    def bn(torch_key: str, flax_scope: dict, stats_scope: dict, name: str) -> None:
+        flax_scope[name] = {"scale": read(f"{torch_key}.weight"), "bias": read(f"{torch_key}.bias")}
+        stats_scope[name] = {
+            "mean": read(f"{torch_key}.running_mean"),
+            "var": read(f"{torch_key}.running_var"),
+        }
+
+    params["stem_conv"] = {"kernel": read.conv("conv1.weight")}
+    bn("bn1", params, stats, "stem_bn")
+    block = "bottleneck" if name == "resnet50" else "basic"
+    num_convs = 3 if block == "bottleneck" else 2
+    stage = 1
+    while f"layer{stage}.0.conv1.weight" in arrays:
+        j = 0
+        while f"layer{stage}.{j}.conv1.weight" in arrays:
+            prefix, scope = f"layer{stage}.{j}", f"stage{stage}_block{j + 1}"
+            p, s = params.setdefault(scope, {}), stats.setdefault(scope, {})
+            for c in range(1, num_convs + 1):
+                p[f"conv{c}"] = {"kernel": read.conv(f"{prefix}.conv{c}.weight")}
+                bn(f"{prefix}.bn{c}", p, s, f"bn{c}")
+            if f"{prefix}.downsample.0.weight" in arrays:
+                p["downsample_conv"] = {"kernel": read.conv(f"{prefix}.downsample.0.weight")}
+                bn(f"{prefix}.downsample.1", p, s, "downsample_bn")
+            j += 1
+        stage += 1
+    params["head"] = {"kernel": read.dense("fc.weight"), "bias": read("fc.bias")}
+    read.check_all_used()
+    return {"params": params, "batch_stats": stats}

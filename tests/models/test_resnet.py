@@ -60,7 +60,7 @@ def test_plain_toggle_removes_shortcuts():
 @pytest.mark.parametrize("name", models.list_models())
 def test_every_registered_model_trains_under_jit(name):
     """init + apply (train and eval) + gradient, finite and right shapes, at a tiny size."""
-    model = models.create(name, num_classes=5, width_multiplier=1 / 16)
+    model = models.create(name, num_classes=5, **models.tiny_kwargs(name))
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
     variables = model.init(jax.random.key(0), x, train=False)
     assert set(variables) == {"params", "batch_stats"}
