@@ -44,7 +44,7 @@ def _interpreter_check_cell() -> nbformat.NotebookNode:
 
 
 def test_notebooks_are_found():
-    """The glob below finds the notebooks (a moved directory must not skip them all)."""
+    """NOTEBOOKS is not empty: a moved directory must fail here, not skip every notebook."""
     assert NOTEBOOKS, f"No notebooks found in {NOTEBOOK_DIR}"
 
 
@@ -54,7 +54,21 @@ def test_kernel_is_this_interpreter():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_is_saved_without_outputs(path: pathlib.Path):
+    """Notebooks are committed clean, so that their diffs show only what was edited."""
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    dirty = [
+        i
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)
+    ]
+    assert not dirty, f"{path.name}: cells {dirty} hold outputs; clear them before committing."
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path: pathlib.Path):
+    """Executes every cell in order; any exception (or a dead kernel) fails the test."""
     nb = nbformat.read(path, as_version=4)
     nb.cells.insert(0, _interpreter_check_cell())
     client = nbclient.NotebookClient(
