@@ -1,5 +1,6 @@
 """Reusable layers: normalizations, weight-standardized convolutions, SE, initializers."""
 
+from archjax.layers.drop_path import DropPath, drop_path
 from archjax.layers.initializers import orthogonal, zero_init
 from archjax.layers.norms import (
     NORM_KINDS,
@@ -15,12 +16,14 @@ from archjax.layers.std_conv import ScaledStdConv, StdConv, standardize_kernel
 __all__ = [
     "NORM_KINDS",
     "BatchChannelNorm",
+    "DropPath",
     "EvoNormS0",
     "GroupNorm",
     "Identity",
     "ScaledStdConv",
     "SqueezeExcite",
     "StdConv",
+    "drop_path",
     "make_divisible",
     "norm_layer",
     "orthogonal",

@@ -19,9 +19,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from archjax.layers import DropPath
 from archjax.models.registry import register
 from archjax.models.torch_import import StateDictReader, register_converter
-from archjax.models.vit import LN_EPS, DropPath, Mlp, read_dense, read_layer_norm, trunc_normal
+from archjax.models.vit import LN_EPS, Mlp, read_dense, read_layer_norm, trunc_normal
 
 
 class MixerBlock(nn.Module):

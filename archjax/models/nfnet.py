@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from archjax.layers import ScaledStdConv, SqueezeExcite, make_divisible
+from archjax.layers import ScaledStdConv, SqueezeExcite, drop_path, make_divisible
 from archjax.models.registry import register
 from archjax.models.torch_import import StateDictReader, register_converter
 
@@ -133,10 +133,7 @@ class NFBlock(nn.Module):
         if self.se_ratio:
             se = SqueezeExcite(self.se_ratio, dtype=self.dtype, name="se")
             out = self.attn_gain * se(out)
-        if train and self.drop_path_rate > 0:
-            keep = 1.0 - self.drop_path_rate
-            mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (out.shape[0], 1, 1, 1))
-            out = out * mask.astype(out.dtype) / keep
+        out = drop_path(self, out, self.drop_path_rate, train=train)
         if self.skipinit:
             out = out * self.param("skipinit_gain", nn.initializers.zeros, (), jnp.float32)
         y = out * self.alpha + shortcut

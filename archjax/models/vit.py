@@ -28,31 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from archjax.layers import DropPath
 from archjax.models.registry import register
 from archjax.models.torch_import import StateDictReader, register_converter
 
 # timm initializes every linear / conv of these families with a 0.02 truncated normal.
 trunc_normal = nn.initializers.truncated_normal(0.02)
 LN_EPS = 1e-6
-
-
-class DropPath(nn.Module):
-    """Stochastic depth (Huang et al. 2016): drops the whole residual branch per sample.
-
-    Uses the ``"dropout"`` rng, and only when ``train`` and ``rate > 0``.
-    """
-
-    rate: float = 0.0
-
-    @nn.compact
-    def __call__(self, x, *, train: bool):
-        if not train or self.rate == 0.0:
-            return x
-        keep = 1.0 - self.rate
-        mask = jax.random.bernoulli(
-            self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1)
-        )
-        return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
 def _normalize(v: jax.Array) -> jax.Array:

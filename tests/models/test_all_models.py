@@ -38,8 +38,11 @@ def test_every_registered_model_trains_under_jit(names):
     """init + apply (train and eval) + gradient, finite and right shapes, at a tiny size."""
     model = _tiny(names[0])
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-    # Jitted: an eager init dispatches (and compiles) every op separately.
-    variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(0))
+    # Jitted: an eager init dispatches (and compiles) every op separately. An "rbg" key
+    # halves the compile time of the initializers on CPU (threefry: 7.4 s, rbg: 3.4 s for
+    # tiny dm_nfnet_f0 here); which bits the initializers draw does not matter here.
+    key = jax.random.key(0, impl="rbg")
+    variables = jax.jit(lambda k: model.init(k, x, train=False))(key)
     variables.setdefault("batch_stats", {})  # models without BatchNorm have none
 
     @jax.jit
