@@ -41,6 +41,19 @@ from experiments.plotting import plot_curves
 RESUMABLE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
 
 
+def create_optimizer(config: ml_collections.ConfigDict):
+    """The optax optimizer that ``config`` names, with its schedule."""
+    return optim.create_optimizer(
+        config.optimizer,
+        learning_rate=config.learning_rate,
+        num_steps=config.num_steps,
+        warmup_steps=config.warmup_steps,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
+
+
 def evaluate(eval_step, state, ds, *, batch_size: int, mesh) -> dict[str, float]:
     """Test loss and accuracy over a whole split (every example counted once)."""
     totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
@@ -102,15 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     test_ds = data.get_dataset(config.dataset, "test", data_dir=config.data_dir, **data_kw)
     model_kw = {"num_classes": train_ds.num_classes, **config.model_kwargs.to_dict()}
     model = models.create(config.model, **model_kw)
-    tx = optim.create_optimizer(
-        config.optimizer,
-        learning_rate=config.learning_rate,
-        num_steps=config.num_steps,
-        warmup_steps=config.warmup_steps,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        nesterov=config.nesterov,
-    )
+    tx = create_optimizer(config)
     input_shape = (1, *train_ds.image_shape)
     train_iter = data.train_iterator(
         train_ds,

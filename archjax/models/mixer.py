@@ -22,7 +22,14 @@ import numpy as np
 from archjax.layers import DropPath
 from archjax.models.registry import register
 from archjax.models.torch_import import StateDictReader, register_converter
-from archjax.models.vit import LN_EPS, Mlp, read_dense, read_layer_norm, trunc_normal
+from archjax.models.vit import (
+    LN_EPS,
+    Mlp,
+    check_patch_input,
+    read_dense,
+    read_layer_norm,
+    trunc_normal,
+)
 
 
 class MixerBlock(nn.Module):
@@ -79,15 +86,7 @@ class MlpMixer(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         """Returns logits ``[batch, num_classes]`` (float32) for images ``[batch, H, W, C]``."""
-        if x.ndim != 4 or x.shape[1:3] != (self.image_size, self.image_size):
-            raise ValueError(
-                f"MlpMixer expects NHWC images of {self.image_size}x{self.image_size} "
-                f"(the image_size knob), got shape {x.shape}."
-            )
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"image_size {self.image_size} is not a multiple of {self.patch_size}."
-            )
+        check_patch_input("MlpMixer", x, self.image_size, self.patch_size)
         width = max(1, round(self.embed_dim * self.width_multiplier))
         p = self.patch_size
         x = nn.Conv(

@@ -166,6 +166,17 @@ class Mlp(nn.Module):
         return drop(dense(x.shape[-1], "fc2")(y))
 
 
+def check_patch_input(model: str, x: jax.Array, image_size: int, patch_size: int) -> None:
+    """Raises ``ValueError`` unless ``x`` is NHWC at ``image_size`` and patches tile it."""
+    if x.ndim != 4 or x.shape[1:3] != (image_size, image_size):
+        raise ValueError(
+            f"{model} expects NHWC images of {image_size}x{image_size} "
+            f"(the image_size knob), got shape {x.shape}."
+        )
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of {patch_size}.")
+
+
 class Block(nn.Module):
     """Pre-LN transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
 
@@ -238,15 +249,7 @@ class ViT(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         """Returns logits ``[batch, num_classes]`` (float32) for images ``[batch, H, W, C]``."""
-        if x.ndim != 4 or x.shape[1:3] != (self.image_size, self.image_size):
-            raise ValueError(
-                f"ViT expects NHWC images of {self.image_size}x{self.image_size} "
-                f"(the image_size knob), got shape {x.shape}."
-            )
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"image_size {self.image_size} is not a multiple of {self.patch_size}."
-            )
+        check_patch_input("ViT", x, self.image_size, self.patch_size)
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by {self.num_heads}.")
         heads = max(1, round(self.num_heads * self.width_multiplier))

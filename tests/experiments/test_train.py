@@ -9,7 +9,7 @@ import time
 import chex
 import pytest
 
-from archjax import models, optim
+from archjax import models
 from archjax import train as T
 from archjax.checkpoint import Checkpointer
 from experiments import config_utils
@@ -49,15 +49,7 @@ def _final_state(workdir, config):
     """Restores the latest checkpoint of a run (on one device)."""
     train_ds_shape = (1, config.image_size, config.image_size, 1)
     model = models.create(config.model, num_classes=10, **config.model_kwargs.to_dict())
-    tx = optim.create_optimizer(
-        config.optimizer,
-        learning_rate=config.learning_rate,
-        num_steps=config.num_steps,
-        warmup_steps=config.warmup_steps,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        nesterov=config.nesterov,
-    )
+    tx = main_job.create_optimizer(config)
     target = T.abstract_train_state(model, tx, input_shape=train_ds_shape)
     with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
         return ckpt.restore(target)[0], ckpt.all_steps()
