@@ -9,12 +9,7 @@ import torch
 
 from archjax import models
 
-
-@pytest.mark.parametrize("name", ["regnetx_016", "regnety_016"])
-def test_param_count_equals_timm(name):
-    tm = timm.create_model(name, pretrained=False)
-    want = sum(p.numel() for p in tm.parameters())
-    assert models.count_params(models.create(name), (1, 224, 224, 3)) == want
+from .timm_utils import randomize_batch_norms, timm_logits
 
 
 @pytest.mark.parametrize("name", ["regnety_016"])
@@ -22,19 +17,12 @@ def test_logits_equal_timm_after_import(name):
     torch.manual_seed(0)
     tm = timm.create_model(name, pretrained=False, num_classes=10).eval()
     # Non-trivial BN statistics and scales (timm zero-inits the last BN of each block).
-    with torch.no_grad():
-        for m in tm.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
+    randomize_batch_norms(tm)
     variables = models.load_torch_state_dict(name, tm.state_dict())
     x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
     model = models.create(name, num_classes=10)
     ours = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
-    with torch.no_grad():
-        theirs = tm(torch.from_numpy(np.transpose(x, (0, 3, 1, 2)))).numpy()
+    theirs = timm_logits(tm, x)
     np.testing.assert_allclose(
         np.asarray(ours), theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max()
     )

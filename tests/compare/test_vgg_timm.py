@@ -10,15 +10,7 @@ import torch
 from archjax import models
 from archjax.models.vgg import adaptive_avg_pool
 
-
-@pytest.mark.parametrize("name", ["vgg16", "vgg16_bn"])
-def test_param_count_equals_timm(name):
-    tm = timm.create_model(name, pretrained=False)
-    want = sum(p.numel() for p in tm.parameters())
-    variables = jax.eval_shape(
-        lambda: models.create(name).init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
-    )
-    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"])) == want
+from .timm_utils import randomize_batch_norms, timm_logits
 
 
 @pytest.mark.parametrize("size_in,size_out", [((1, 1), (7, 7)), ((2, 3), (7, 7)), ((9, 5), (4, 3))])
@@ -38,21 +30,14 @@ def test_adaptive_avg_pool_equals_torch(size_in, size_out):
 def test_vgg11_bn_logits_equal_timm_after_import():
     torch.manual_seed(0)
     tm = timm.create_model("vgg11_bn", pretrained=False, num_classes=10).eval()
-    with torch.no_grad():
-        for m in tm.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
+    randomize_batch_norms(tm)
     variables = models.load_torch_state_dict("vgg11_bn", tm.state_dict())
     # At 64 px the last feature map is 2x2, so timm's head first pools it
     # adaptively to 7x7 before its 7x7 convolution; that path is compared too.
     x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
     model = models.create("vgg11_bn", num_classes=10)
     ours = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
-    with torch.no_grad():
-        theirs = tm(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    theirs = timm_logits(tm, x)
     np.testing.assert_allclose(
         np.asarray(ours), theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max()
     )
