@@ -10,6 +10,7 @@ Numerics (formats, calibration, numerics, learned, cost) and the transform
 
 # --- numerics (helper N) ---
 from archjax.quant.calibration import CALIBRATION_METHODS, QParams, calibrate
+from archjax.quant.cost import CostReport, LayerCost, report
 from archjax.quant.formats import (
     BinaryFormat,
     FloatFormat,
@@ -30,10 +31,12 @@ __all__ = [
     "CALIBRATION_METHODS",
     "STE_VARIANTS",
     "BinaryFormat",
+    "CostReport",
     "FloatFormat",
     "Format",
     "Granularity",
     "IntFormat",
+    "LayerCost",
     "PerBlock",
     "PerChannel",
     "PerTensor",
@@ -45,4 +48,5 @@ __all__ = [
     "lsq_fake_quant",
     "pact",
     "quantize_codes",
+    "report",
 ]
