@@ -115,6 +115,11 @@ class FloatFormat:
     a signed zero too), so ``dequantize(quantize(x)) == fake_quant(x)`` holds for all
     inputs except NaN in such formats.
 
+    Compared with ``ml_dtypes`` casts (tested bit for bit): in range they agree for
+    e4m3fn, e5m2, e3m4, e2m3fn and e2m1fn. Out of range, ``ml_dtypes`` does not
+    saturate e4m3fn/e5m2/e3m4 (it gives NaN/inf, i.e. our ``saturate=False``); it
+    saturates e2m3fn/e2m1fn like ours but turns NaN into a signed zero.
+
     Example:
         >>> FloatFormat(exponent_bits=4, mantissa_bits=3, finite_only=True).max_value
         448.0
