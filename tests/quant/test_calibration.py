@@ -81,7 +81,7 @@ def test_qparams_shapes_follow_the_granularity(x):
         PerBlock(3, 1): (64, 2),
     }
     for granularity, shape in shapes.items():
-        qp = calibrate(x, fmt, granularity=granularity)
+        qp = jax.jit(lambda v, g=granularity: calibrate(v, fmt, granularity=g))(x)
         chex.assert_shape([qp.scale, qp.zero_point], shape)
         assert qp.zero_point.dtype == jnp.int32
         # Each block's scale spans exactly that block's range.

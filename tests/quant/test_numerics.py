@@ -181,8 +181,13 @@ def test_reste_gradient(fmt):
 
 def test_dtype_shape_and_no_qparam_gradient():
     x = jnp.linspace(-1, 1, 12, dtype=jnp.bfloat16).reshape(3, 4)
-    qp = calibrate(x, IntFormat(8))
-    y = fake_quant(x, IntFormat(8), qp)
+
+    @jax.jit
+    def run(x):
+        qp = calibrate(x, IntFormat(8))
+        loss = lambda s: jnp.sum(fake_quant(x, IntFormat(8), QParams(scale=s)))
+        return fake_quant(x, IntFormat(8), qp), jax.grad(loss)(qp.scale)
+
+    y, g = run(x)
     assert y.dtype == jnp.bfloat16 and y.shape == (3, 4)
-    g = jax.grad(lambda s: jnp.sum(fake_quant(x, IntFormat(8), QParams(scale=s))))(qp.scale)
     assert float(g) == 0.0
