@@ -51,23 +51,45 @@ def _check_ste(ste: str) -> None:
         raise ValueError(f"ste={ste!r} is not allowed: choose one of {STE_VARIANTS}")
 
 
-def _divisor_pow2(exponent: Array) -> Array:
-    """``2.0 ** exponent`` for an int32 exponent, exact in float32 down to 2**-149."""
+# XLA flushes float32 subnormals to zero on CPU and GPU, so powers of two below
+# 2**-126 are never materialized: small operands are first shifted up by 2**_SHIFT.
+_SHIFT = 64
+
+
+def _pow2(exponent: Array) -> Array:
+    """``2.0 ** exponent`` for an int32 exponent in the float32 normal range."""
     return jnp.ldexp(jnp.ones(exponent.shape, jnp.float32), exponent)
 
 
-def _float_quantum(a: Array, fmt: FloatFormat) -> Array:
-    """Spacing of the format's grid at magnitude ``a`` (unbounded exponent above)."""
+def _quantum_exponent(a: Array, fmt: FloatFormat) -> Array:
+    """log2 of the format's grid spacing at magnitude ``a`` (unbounded exponent above)."""
     _, e = jnp.frexp(a)  # a = f * 2**e, f in [0.5, 1): floor(log2 a) = e - 1
-    exponent = jnp.maximum(e - 1, fmt.min_exponent)
-    return _divisor_pow2(exponent - fmt.mantissa_bits)
+    return jnp.maximum(e - 1, fmt.min_exponent) - fmt.mantissa_bits
+
+
+def _times_pow2(a: Array, exponent: Array) -> Array:
+    """``a * 2**exponent`` without forming a subnormal power of two."""
+    shift = jnp.where(exponent < -100, _SHIFT, 0)
+    return a * _pow2(exponent + shift) * _pow2(-shift)
+
+
+def _over_pow2(a: Array, exponent: Array) -> Array:
+    """``a / 2**exponent`` without forming a subnormal power of two."""
+    shift = jnp.where(exponent < -100, _SHIFT, 0)
+    return (a * _pow2(shift)) / _pow2(exponent + shift)
+
+
+def _float_quantum(a: Array, fmt: FloatFormat) -> Array:
+    """Spacing of the format's grid at magnitude ``a``, at least float32's smallest normal."""
+    return _pow2(jnp.maximum(_quantum_exponent(a, fmt), -126))
 
 
 def _float_round(u: Array, fmt: FloatFormat) -> Array:
     """Rounds ``u`` (already divided by the scale) to ``fmt``: RNE, subnormals, specials."""
     a = jnp.abs(u)
-    quantum = _float_quantum(jnp.where(jnp.isfinite(a), a, 0.0), fmt)
-    r = jnp.round(a / quantum) * quantum  # exact: both steps only move the binary point
+    q_exp = _quantum_exponent(jnp.where(jnp.isfinite(a), a, 0.0), fmt)
+    # Exact: scaling by powers of two only moves the binary point.
+    r = _times_pow2(jnp.round(_over_pow2(a, q_exp)), q_exp)
     big = jnp.float32(fmt.max_value)
     over = (r > big) | jnp.isinf(a)
     if fmt.saturate:
@@ -242,7 +264,7 @@ def _float_encode(y: Array, fmt: FloatFormat) -> Array:
     normal = finite_a >= 2.0**fmt.min_exponent
     exponent = jnp.where(normal, e - 1, fmt.min_exponent)
     field = jnp.where(normal, exponent + fmt.exponent_bias, 0)
-    mant = finite_a / _divisor_pow2(exponent - m_bits) - jnp.where(normal, 2.0**m_bits, 0.0)
+    mant = _over_pow2(finite_a, exponent - m_bits) - jnp.where(normal, 2.0**m_bits, 0.0)
     mant = mant.astype(jnp.int32)
     if fmt.has_inf:
         field = jnp.where(jnp.isinf(a), top_field, field)
@@ -270,7 +292,7 @@ def _float_decode(code: Array, fmt: FloatFormat) -> Array:
     normal = field > 0
     exponent = jnp.where(normal, field - fmt.exponent_bias, fmt.min_exponent)
     significand = mant.astype(jnp.float32) + jnp.where(normal, 2.0**m_bits, 0.0)
-    value = significand * _divisor_pow2(exponent - m_bits)
+    value = _times_pow2(significand, exponent - m_bits)
     top = field == 2**e_bits - 1
     if fmt.has_inf:
         value = jnp.where(top & (mant == 0), jnp.inf, value)

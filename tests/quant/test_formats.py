@@ -200,3 +200,22 @@ def test_bad_granularity_raises():
         fake_quant(x, IntFormat(4), QParams(scale=jnp.ones(6)), granularity=PerChannel(2))
     with pytest.raises(ValueError, match="ste='soft' is not allowed"):
         fake_quant(x, IntFormat(4), ONE, ste="soft")
+
+
+@pytest.mark.parametrize(
+    "fmt, dtype, smallest",
+    [
+        (FloatFormat(5, 10), np.float16, 2.0**-26),  # fp16 subnormals (>= 2**-24) and below
+        (FloatFormat(8, 7), ml_dtypes.bfloat16, 2.0**-126),  # float32 subnormals flush to 0
+    ],
+    ids=["fp16", "bf16"],
+)
+def test_16_bit_formats(fmt, dtype, smallest, jitted_fake_quant):
+    rng = np.random.default_rng(1)
+    big = float(ml_dtypes.finfo(dtype).max)
+    x = np.exp2(rng.uniform(np.log2(smallest), np.log2(big), 100_000)).astype(np.float32)
+    x = np.concatenate([x, -x])
+    got = np.asarray(jitted_fake_quant(jnp.asarray(x), fmt))
+    np.testing.assert_array_equal(_bits(got), _bits(x.astype(dtype).astype(np.float32)))
+    tiny = np.array([1e-40, -1e-39], np.float32)  # float32 subnormals: flushed, never NaN
+    np.testing.assert_array_equal(np.asarray(jitted_fake_quant(jnp.asarray(tiny), fmt)), 0.0)
