@@ -98,3 +98,33 @@ def rows(x: Array, granularity) -> tuple[Array, tuple[int, ...]]:
     xg = grouped(x, granularity)
     shape = xg.shape[: axis + 1] + xg.shape[axis + 2 :]
     return jnp.moveaxis(xg, axis + 1, -1).reshape(-1, granularity.block_size), shape
+
+
+def group_axes(ndim: int, granularity) -> tuple[int, ...]:
+    """Axes of ``grouped(x)`` (``x`` of rank ``ndim``) that one scale covers."""
+    if isinstance(granularity, PerTensor):
+        return tuple(range(ndim))
+    axis = normalize_axis(granularity.axis, ndim, type(granularity).__name__)
+    if isinstance(granularity, PerBlock):
+        return (axis + 1,)
+    return tuple(i for i in range(ndim) if i != axis)
+
+
+def reduce_groups(x: Array, granularity, fn) -> Array:
+    """``fn(..., axis, keepdims=True)`` over each scale group, shaped like the scale.
+
+    Reduces in place (no transpose), which is what per-step weight calibration needs.
+    """
+    check_granularity(granularity)
+    xg = grouped(x, granularity)
+    return to_param_shape(fn(xg, axis=group_axes(x.ndim, granularity), keepdims=True), granularity)
+
+
+def to_param_shape(stat: Array, granularity) -> Array:
+    """Reshapes a keepdims statistic of ``grouped(x)`` to the scale's shape."""
+    if isinstance(granularity, PerTensor):
+        return stat.reshape(())
+    if isinstance(granularity, PerBlock):
+        axis = normalize_axis(granularity.axis, stat.ndim - 1, "PerBlock")
+        return jnp.squeeze(stat, axis + 1)
+    return stat

@@ -116,15 +116,30 @@ def calibrate(
         raise ValueError(f"method={method!r} is not allowed: choose one of {CALIBRATION_METHODS}")
     if not 0.0 < percentile <= 100.0:
         raise ValueError(f"percentile={percentile!r} is not allowed: it must be in (0, 100]")
-    x = jnp.asarray(x)
-    r, shape = _groups.rows(x.astype(jnp.float32), granularity)
+    x = jnp.asarray(x).astype(jnp.float32)
+
+    def reduce(fn, v=x):
+        return _groups.reduce_groups(v, granularity, fn)
+
     if isinstance(fmt, BinaryFormat):
-        return QParams(scale=jnp.maximum(jnp.mean(jnp.abs(r), axis=1), _TINY).reshape(shape))
+        return QParams(scale=jnp.maximum(reduce(jnp.mean, jnp.abs(x)), _TINY))
     if isinstance(fmt, TernaryFormat):
-        a = jnp.abs(r)
-        above = a > fmt.threshold * jnp.mean(a, axis=1, keepdims=True)
-        alpha = jnp.sum(a * above, axis=1) / jnp.maximum(jnp.sum(above, axis=1), 1)
-        return QParams(scale=jnp.maximum(alpha, _TINY).reshape(shape))
+        a = _groups.grouped(jnp.abs(x), granularity)
+        axes = _groups.group_axes(x.ndim, granularity)
+        above = a > fmt.threshold * jnp.mean(a, axis=axes, keepdims=True)
+        total = jnp.sum(a * above, axis=axes, keepdims=True)
+        alpha = total / jnp.maximum(jnp.sum(above, axis=axes, keepdims=True), 1)
+        return QParams(scale=jnp.maximum(_groups.to_param_shape(alpha, granularity), _TINY))
+    if method == "absmax":  # the per-step path: plain reductions, no transpose
+        symmetric = isinstance(fmt, FloatFormat) or (fmt.symmetric and fmt.signed)
+        if symmetric:
+            hi = reduce(jnp.max, jnp.abs(x))
+            lo = -hi
+        else:
+            hi = jnp.maximum(reduce(jnp.max), 0.0)
+            lo = jnp.minimum(reduce(jnp.min), 0.0)
+        return _range_to_qparams(lo, hi, fmt)
+    r, shape = _groups.rows(x, granularity)
     lo, hi, absmax = _ranges(r, method, percentile)
     if method == "percentile" and (isinstance(fmt, FloatFormat) or (fmt.symmetric and fmt.signed)):
         lo, hi = -absmax, absmax

@@ -21,7 +21,6 @@ from archjax.quant.formats import (
     FloatFormat,
     Granularity,
     IntFormat,
-    PerTensor,
     TernaryFormat,
 )
 
@@ -192,17 +191,7 @@ def _prepare(x, fmt, qparams, granularity):
         raise ValueError(
             f"{fmt.name} is symmetric but qparams has a zero_point; calibrate with this format"
         )
-    return xg, scale, zp, _group_axes(x.ndim, granularity)
-
-
-def _group_axes(ndim: int, granularity) -> tuple[int, ...]:
-    """Axes of the grouped view that one scale (and one ternary threshold) covers."""
-    if isinstance(granularity, PerTensor):
-        return tuple(range(ndim))
-    axis = _groups.normalize_axis(granularity.axis, ndim, type(granularity).__name__)
-    if hasattr(granularity, "block_size"):
-        return (axis + 1,)
-    return tuple(i for i in range(ndim) if i != axis)
+    return xg, scale, zp, _groups.group_axes(x.ndim, granularity)
 
 
 def fake_quant(
