@@ -12,6 +12,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from archjax.quant import _groups
 from archjax.quant._groups import QParams
@@ -171,7 +172,11 @@ def _fq_fwd(x, scale, zero_point, fmt, axes, ste):
 def _fq_bwd(fmt, axes, ste, res, g):
     x, scale, zero_point = res
     gx = g * _ste_grad(x, scale, zero_point, fmt, axes, ste)
-    zp_ct = None if zero_point is None else jnp.zeros_like(zero_point)
+    zp_ct = None
+    if zero_point is not None:  # integer inputs take float0 cotangents
+        zp_ct = np.zeros(zero_point.shape, jax.dtypes.float0)
+        if jnp.issubdtype(zero_point.dtype, jnp.floating):
+            zp_ct = jnp.zeros_like(zero_point)
     # Quantization parameters are not trained through fake_quant (use LSQ for that).
     return gx, jnp.zeros_like(scale), zp_ct
 
