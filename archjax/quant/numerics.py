@@ -166,12 +166,13 @@ def _fake_quant_grouped(x, scale, zero_point, fmt, axes, ste):
 
 
 def _fq_fwd(x, scale, zero_point, fmt, axes, ste):
-    return _forward(x, scale, zero_point, fmt, axes), (x, scale, zero_point)
+    saved = None if ste == "identity" else x  # the plain STE needs no residual
+    return _forward(x, scale, zero_point, fmt, axes), (saved, scale, zero_point)
 
 
 def _fq_bwd(fmt, axes, ste, res, g):
     x, scale, zero_point = res
-    gx = g * _ste_grad(x, scale, zero_point, fmt, axes, ste)
+    gx = g if ste == "identity" else g * _ste_grad(x, scale, zero_point, fmt, axes, ste)
     zp_ct = None
     if zero_point is not None:  # integer inputs take float0 cotangents
         zp_ct = np.zeros(zero_point.shape, jax.dtypes.float0)
