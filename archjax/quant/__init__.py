@@ -26,6 +26,18 @@ from archjax.quant.learned import lsq_fake_quant, pact
 from archjax.quant.numerics import STE_VARIANTS, dequantize, fake_quant
 from archjax.quant.numerics import quantize as quantize_codes  # name taken by the transform
 
+# --- transform (helper T) ---
+from archjax.quant.ptq import calibrate_model, fold_batchnorm, reestimate_batch_stats
+from archjax.quant.rules import QuantRule, first_last_rules, match_rule
+from archjax.quant.transform import (
+    QUANT_STATS,
+    is_quantized,
+    layer_rules,
+    quant_rules,
+    quantize,
+    unquantized,
+)
+
 __all__ = [
     # --- numerics (helper N) ---
     "CALIBRATION_METHODS",
@@ -49,4 +61,17 @@ __all__ = [
     "pact",
     "quantize_codes",
     "report",
+    # --- transform (helper T) ---
+    "QUANT_STATS",
+    "QuantRule",
+    "calibrate_model",
+    "first_last_rules",
+    "fold_batchnorm",
+    "is_quantized",
+    "layer_rules",
+    "match_rule",
+    "quant_rules",
+    "quantize",
+    "reestimate_batch_stats",
+    "unquantized",
 ]

@@ -17,10 +17,9 @@ import dataclasses
 import re
 from collections.abc import Sequence
 
+from archjax.quant.calibration import CALIBRATION_METHODS as _CALIBRATIONS
 from archjax.quant.formats import Format, PerChannel, PerTensor
-
-_CALIBRATIONS = ("absmax", "percentile", "mse")
-_STES = ("identity", "clipped", "ewgs")
+from archjax.quant.numerics import STE_VARIANTS as _STES
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -45,7 +44,7 @@ class QuantRule:
     weight_calibration: str = "absmax"
     # How activation scales are calibrated (running statistic in `quant_stats`).
     activation_calibration: str = "absmax"
-    # Straight-through estimator of the rounding: "identity", "clipped" or "ewgs".
+    # Straight-through estimator of the rounding: "identity", "clipped" or "reste".
     ste: str = "identity"
     # Learn the scales as parameters (LSQ for weights, PACT clip for activations).
     learned_scale: bool = False
