@@ -64,6 +64,12 @@ def _in_range_values(dtype, rng) -> np.ndarray:
             [big, np.nextafter(np.float32(big), np.float32(0))],
         ]
     ).astype(np.float32)
+    # Just above max: values that still round down to max (for e4m3fn the tie max + ulp/2
+    # too, since the code above max is NaN and ties go to the even max).
+    above = np.nextafter(np.float32(big), np.float32(np.inf)) * np.array([1, 1], np.float32)
+    above[1] = big + (big - pos[-2]) / 2  # max + half an ulp
+    above = above[np.isfinite(above.astype(dtype).astype(np.float32))]
+    special = np.concatenate([special, above])
     n_random = N_VALUES - 2 * special.size
     log_u = rng.uniform(np.log2(tiny) - 2, np.log2(big), n_random // 2)
     sub = rng.uniform(0, normal, n_random - n_random // 2)
