@@ -22,7 +22,7 @@ __all__ = ["CALIBRATION_METHODS", "QParams", "calibrate"]
 Array = jax.Array
 
 CALIBRATION_METHODS = ("absmax", "percentile", "mse")
-_MSE_RATIOS = 64  # candidate clipping ratios in (0, 1] for the MSE search
+_MSE_RATIOS = 64  # candidate clipping ratios in [_MSE_MIN_RATIO, 1] for the MSE search
 _MSE_MIN_RATIO = 0.2
 _TINY = float(jnp.finfo(jnp.float32).tiny)  # keeps scale > 0 for all-zero groups
 
@@ -45,8 +45,8 @@ def _range_to_qparams(lo: Array, hi: Array, fmt: IntFormat | FloatFormat) -> QPa
     return QParams(scale=scale, zero_point=zero_point)
 
 
-def _ranges(r: Array, method: str, percentile: float) -> tuple[Array, Array]:
-    """Per-row range ``[lo, hi]`` with ``lo <= 0 <= hi`` (zero must be representable)."""
+def _ranges(r: Array, method: str, percentile: float) -> tuple[Array, Array, Array]:
+    """Per-row ``lo <= 0 <= hi`` (zero must be representable) and the magnitude ``absmax``."""
     if method == "percentile":
         hi = jnp.percentile(r, percentile, axis=1)
         lo = jnp.percentile(r, 100.0 - percentile, axis=1)
@@ -112,6 +112,7 @@ def calibrate(
         >>> qp = calibrate(w, IntFormat(bits=4), granularity=PerChannel(axis=-1))
     """
     _check_format(fmt)
+    _groups.check_granularity(granularity)
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"method={method!r} is not allowed: choose one of {CALIBRATION_METHODS}")
     if not 0.0 < percentile <= 100.0:
