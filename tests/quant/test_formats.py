@@ -14,6 +14,7 @@ from archjax.quant import (
     PerChannel,
     QParams,
     TernaryFormat,
+    calibrate,
     fake_quant,
     quantize_codes,
 )
@@ -225,3 +226,5 @@ def test_16_bit_formats(fmt, dtype, smallest, jitted_fake_quant):
     np.testing.assert_array_equal(_bits(got), _bits(x.astype(dtype).astype(np.float32)))
     tiny = np.array([1e-40, -1e-39], np.float32)  # float32 subnormals: flushed, never NaN
     np.testing.assert_array_equal(np.asarray(jitted_fake_quant(jnp.asarray(tiny), fmt)), 0.0)
+    with pytest.raises(ValueError, match="granularity='rows' is not allowed"):
+        calibrate(x, TernaryFormat(), granularity="rows")
