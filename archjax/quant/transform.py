@@ -68,6 +68,7 @@ class _Trace:
     stack: list = dataclasses.field(default_factory=list)  # current Flax modules
     counters: dict = dataclasses.field(default_factory=dict)  # (path, kind) -> n
     layers: dict = dataclasses.field(default_factory=dict)  # op name -> rule or None
+    weights: dict = dataclasses.field(default_factory=dict)  # op name -> (param path, rule)
     busy: bool = False  # inside a handler: ops run unquantized
 
 
@@ -89,6 +90,12 @@ def _own_params(module: nn.Module) -> list[jax.Array]:
     """The module's own parameters (not its children's)."""
     params = module.variables.get("params", {})
     return [v for v in params.values() if hasattr(v, "shape")]
+
+
+def _param_name(module: nn.Module, x: Any) -> str | None:
+    """The name of the module's own parameter that *is* ``x`` (None if none is)."""
+    params = module.variables.get("params", {})
+    return next((k for k, v in params.items() if v is x), None)
 
 
 def _is_weight(module: nn.Module, x: Any) -> bool:
@@ -187,6 +194,9 @@ def _handler(kind: str) -> Callable[..., Any]:
             for side, t, k in zip(("lhs", "rhs"), (lhs, rhs), kinds, strict=True):
                 name = f"{op}_{side}"
                 if k == "weight" and rule.weight is not None:
+                    pname = _param_name(module, t)
+                    ppath = None if pname is None else (*module.scope.path, pname)
+                    tr.weights[f"{path}:{op}"] = (ppath, rule)
                     t = _quant_weight(t, rule, scope, name)
                 elif k == "activation" and rule.activation is not None:
                     t = _quant_activation(t, rule, scope, name, tr.momentum, init)
@@ -247,6 +257,7 @@ def _quantized_call(method: Callable[..., Any]) -> Callable[..., Any]:
             _patch(False)
             _local.traces = _local.traces[:-1]
         cls._quant_layers = dict(tr.layers)
+        cls._quant_weights = dict(tr.weights)
         _warn_unmatched(tr.rules, tr.layers)
         return out
 
@@ -297,6 +308,7 @@ def quantize(model: nn.Module, rules: Sequence[QuantRule], *, momentum: float = 
         "_quant_rules": rules,
         "_quant_momentum": momentum,
         "_quant_layers": {},
+        "_quant_weights": {},
         "_unquantized_type": base_cls,
         "__module__": base_cls.__module__,
     }
@@ -349,3 +361,22 @@ def layer_rules(model: nn.Module, *args, **kwargs) -> dict[str, QuantRule | None
         warnings.simplefilter("ignore")
         jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
     return dict(type(model)._quant_layers)
+
+
+def quantized_weights(model: nn.Module, *args, **kwargs) -> dict[str, tuple]:
+    """Which parameter each weight-quantized op uses, by ``"path:op"`` name.
+
+    Args:
+      model: a module from :func:`quantize`.
+      *args: model inputs (only shapes are used).
+      **kwargs: model keyword arguments, e.g. ``train=False``.
+
+    Returns:
+      ``{"head:dot_general0": (("head", "kernel"), rule), ...}``; the parameter path
+      is None where the layer computes its kernel (weight-standardized convolutions).
+
+    Example:
+      >>> quantized_weights(qmodel, jnp.zeros((1, 16, 16, 1)), train=False)
+    """
+    layer_rules(model, *args, **kwargs)
+    return dict(type(model)._quant_weights)
