@@ -39,7 +39,6 @@ notebook.*""",
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
-import numpy as np
 import optax
 
 import archjax.data
@@ -78,8 +77,8 @@ print(f"train loss {float(metrics['loss']):.3f}")""",
         "code",
         """\
 test = list(archjax.data.eval_batches(test_ds, batch_size=359))[0]
-train_batches = archjax.data.eval_batches(train_ds, batch_size=128)
-calibration = [b["image"] for _, b in zip(range(4), train_batches)]
+train_batches = iter(archjax.data.eval_batches(train_ds, batch_size=128))
+calibration = [next(train_batches)["image"] for _ in range(4)]
 
 
 def accuracy(model, variables):
