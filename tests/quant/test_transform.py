@@ -170,3 +170,19 @@ def test_other_formats_run_and_resnet_rules_assign_first_last(fmt):
     layers = layer_rules(model, x, train=False)
     assert layers["stem_conv:conv0"].weight == INT8 and layers["head:dot_general0"].weight == INT8
     assert {r.weight for k, r in layers.items() if not k.startswith(("stem", "head"))} == {fmt}
+
+
+def test_learned_scales_are_params_with_gradients(net):
+    """learned_scale=True: LSQ weight scales and PACT clips live in params and train."""
+    x, variables = net
+    rule = QuantRule(pattern="head", weight=INT4, activation=IntFormat(8, signed=False),
+                     learned_scale=True)  # fmt: skip
+    q = quantize(_Net(), [rule])
+    qvars = jax.jit(q.init)(jax.random.key(1), x)
+    head = qvars["params"]["head"]
+    assert {"dot_general0_rhs_weight_scale", "dot_general0_lhs_act_clip"} <= set(head)
+    chex.assert_shape(head["dot_general0_rhs_weight_scale"], (1, 3))  # per output channel
+
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(q.apply({"params": p}, x) ** 2)))(qvars["params"])
+    assert float(jnp.abs(grads["head"]["dot_general0_rhs_weight_scale"]).sum()) > 0
+    assert float(jnp.abs(grads["head"]["dot_general0_lhs_act_clip"])) > 0
