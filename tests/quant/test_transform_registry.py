@@ -26,7 +26,7 @@ from archjax.quant import IntFormat, QuantRule, layer_rules, quantize
 W4A8 = [QuantRule(pattern=".*", weight=IntFormat(bits=4), activation=IntFormat(bits=8))]
 # One group per family class and block type (the smallest member of each).
 COMPILED = {
-    "convnext_tiny", "mixer_s16_224", "nf_resnet26", "regnety_002", "resnet20", "resnet50",
+    "convnext_tiny", "mixer_s16_224", "nf_resnet26", "regnetx_002", "resnet20", "resnet50",
     "vgg11_bn", "vit_tiny_patch16_224",
 }  # fmt: skip
 ALL = os.environ.get("ARCHJAX_QUANT_ALL_MODELS") == "1"
