@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -94,8 +95,16 @@ class _Interrupt:
             signal.signal(s, handler)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    wrap_model: Callable[[Any], Any] | None = None,
+) -> dict[str, Any]:
     """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint).
+
+    ``wrap_model`` (optional) maps the created model to the one trained, e.g.
+    ``lambda m: archjax.quant.quantize(m, rules)`` for quantization-aware training.
 
     Returns:
       A summary dict: ``test_accuracy``, ``test_loss``, ``steps``, ``wall_time``,
@@ -115,6 +124,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     test_ds = data.get_dataset(config.dataset, "test", data_dir=config.data_dir, **data_kw)
     model_kw = {"num_classes": train_ds.num_classes, **config.model_kwargs.to_dict()}
     model = models.create(config.model, **model_kw)
+    if wrap_model is not None:
+        model = wrap_model(model)
     tx = create_optimizer(config)
     input_shape = (1, *train_ds.image_shape)
     train_iter = data.train_iterator(

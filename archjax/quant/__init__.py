@@ -1,0 +1,77 @@
+"""Quantization: number formats, fake quantization with STE gradients, calibration,
+learned scales (LSQ, PACT), the model transform and its cost model.
+
+``quantize(model, rules)`` is the model transform; the tensor-level codes function
+``archjax.quant.numerics.quantize`` is exported as ``quantize_codes``.
+
+Numerics (formats, calibration, numerics, learned, cost) and the transform
+(rules, transform, ptq, native, export) are separate modules; this file exports both.
+"""
+
+# --- numerics (helper N) ---
+from archjax.quant.calibration import CALIBRATION_METHODS, QParams, calibrate
+from archjax.quant.cost import CostReport, LayerCost, report
+from archjax.quant.formats import (
+    BinaryFormat,
+    FloatFormat,
+    Format,
+    Granularity,
+    IntFormat,
+    PerBlock,
+    PerChannel,
+    PerTensor,
+    TernaryFormat,
+)
+from archjax.quant.learned import lsq_fake_quant, pact
+from archjax.quant.numerics import STE_VARIANTS, dequantize, fake_quant
+from archjax.quant.numerics import quantize as quantize_codes  # name taken by the transform
+
+# --- transform (helper T) ---
+from archjax.quant.ptq import calibrate_model, fold_batchnorm, reestimate_batch_stats
+from archjax.quant.rules import QuantRule, first_last_rules, match_rule
+from archjax.quant.transform import (
+    QUANT_STATS,
+    is_quantized,
+    layer_rules,
+    quant_rules,
+    quantize,
+    unquantized,
+)
+
+__all__ = [
+    # --- numerics (helper N) ---
+    "CALIBRATION_METHODS",
+    "STE_VARIANTS",
+    "BinaryFormat",
+    "CostReport",
+    "FloatFormat",
+    "Format",
+    "Granularity",
+    "IntFormat",
+    "LayerCost",
+    "PerBlock",
+    "PerChannel",
+    "PerTensor",
+    "QParams",
+    "TernaryFormat",
+    "calibrate",
+    "dequantize",
+    "fake_quant",
+    "lsq_fake_quant",
+    "pact",
+    "quantize_codes",
+    "report",
+    # --- transform (helper T) ---
+    "QUANT_STATS",
+    "QuantRule",
+    "calibrate_model",
+    "first_last_rules",
+    "fold_batchnorm",
+    "is_quantized",
+    "layer_rules",
+    "match_rule",
+    "quant_rules",
+    "quantize",
+    "reestimate_batch_stats",
+    "unquantized",
+]

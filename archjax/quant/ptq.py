@@ -1,0 +1,217 @@
+"""Post-training quantization: calibrate activation scales, fold BatchNorm, re-estimate it.
+
+A PTQ recipe on a trained float model (Jacob et al., 2018; Nagel et al., 2021,
+"A White Paper on Neural Network Quantization"):
+
+    folded = fold_batchnorm(model, variables, x)            # BN -> preceding conv
+    qmodel = quantize(model, rules)
+    qvars = calibrate_model(qmodel, folded, batches)          # fills quant_stats
+    qvars = reestimate_batch_stats(qmodel, qvars, batches)    # optional (no-op if folded)
+
+All three work on any Flax model without changing its code: layers are found by
+tracing the model, not by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.core import unfreeze
+
+from archjax.quant.transform import QUANT_STATS, is_quantized
+
+Variables = Mapping[str, Any]
+
+
+def _images(batch) -> jax.Array:
+    return batch["image"] if isinstance(batch, Mapping) else batch
+
+
+def calibrate_model(
+    model: nn.Module,
+    variables: Variables,
+    batches: Iterable[Any],
+    *,
+    num_batches: int | None = None,
+    **apply_kwargs,
+) -> dict[str, Any]:
+    """Fills the ``quant_stats`` collection by running calibration batches.
+
+    Each activation scale becomes the mean over the batches of that batch's
+    calibrated scale (absmax, percentile or MSE, as the rule says), the usual static
+    calibration of PTQ (Jacob et al., 2018; Wu et al., 2020, "Integer Quantization
+    for Deep Learning Inference"). Existing ``quant_stats`` are discarded first.
+
+    Args:
+      model: a module from :func:`archjax.quant.quantize`.
+      variables: its variables (``params``, ``batch_stats``, any ``quant_stats``).
+      batches: arrays ``[B, H, W, C]`` or dicts with an ``"image"`` key.
+      num_batches: use at most this many batches (None: all).
+      **apply_kwargs: passed to ``model.apply``; default ``train=False``.
+
+    Returns:
+      ``variables`` with a calibrated ``quant_stats`` collection.
+
+    Raises:
+      ValueError: the model is not quantized, ``num_batches < 1`` or no batch came.
+
+    Example:
+      >>> qvars = calibrate_model(qmodel, variables, [x[:64], x[64:128]])
+    """
+    if not is_quantized(model):
+        raise ValueError("calibrate_model needs a model returned by archjax.quant.quantize.")
+    if num_batches is not None and num_batches < 1:
+        raise ValueError(f"num_batches must be >= 1 or None, got {num_batches}.")
+    apply_kwargs = {"train": False, **apply_kwargs}
+    variables = {k: v for k, v in unfreeze(dict(variables)).items() if k != QUANT_STATS}
+
+    @jax.jit
+    def step(variables, x):
+        _, updates = model.apply(variables, x, mutable=[QUANT_STATS], **apply_kwargs)
+        return {**variables, **unfreeze(updates)}
+
+    count = 0
+    for batch in batches:
+        if num_batches is not None and count >= num_batches:
+            break
+        variables = step(variables, jnp.asarray(_images(batch)))
+        count += 1
+    if count == 0:
+        raise ValueError("calibrate_model got no batches.")
+    return variables
+
+
+def _find_conv_bn_pairs(model: nn.Module, variables: Variables, x: jax.Array, kwargs) -> list:
+    """(layer path, BatchNorm path, epsilon) for every BatchNorm fed by a layer's output."""
+    outputs: dict[int, tuple] = {}  # id(output) -> (path, output); the output is kept alive
+    pairs: list[tuple[tuple[str, ...], tuple[str, ...], float]] = []
+
+    def interceptor(next_fun, args, kw, context):
+        module = context.module
+        if context.method_name != "__call__":
+            return next_fun(*args, **kw)
+        if isinstance(module, nn.BatchNorm) and args and id(args[0]) in outputs:
+            pairs.append((outputs[id(args[0])][0], tuple(module.scope.path), module.epsilon))
+        out = next_fun(*args, **kw)
+        own = module.variables.get("params", {})
+        if "kernel" in own and not isinstance(module, nn.BatchNorm):
+            outputs[id(out)] = (tuple(module.scope.path), out)
+        return out
+
+    def trace(variables, x):
+        with nn.intercept_methods(interceptor):
+            return model.apply(variables, x, **kwargs)
+
+    jax.eval_shape(trace, variables, x)
+    return pairs
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def fold_batchnorm(
+    model: nn.Module, variables: Variables, x: jax.Array, **apply_kwargs
+) -> dict[str, Any]:
+    """Folds each inference-mode BatchNorm into the conv (or dense) layer that feeds it.
+
+    With ``s = scale / sqrt(var + eps)`` per channel, the layer's kernel becomes
+    ``kernel * s`` (its bias, if any, ``bias * s``) and the BatchNorm becomes a pure
+    bias add (``scale = 1``, ``mean = 0``, ``var = 1 - eps``, ``bias = beta - mean * s``),
+    so the model code and variable tree are unchanged while weight quantization now
+    sees the folded kernel, as deployed (Jacob et al., 2018, section 3.2). Eval-mode
+    outputs are unchanged up to float rounding. Do not train a folded model.
+
+    Args:
+      model: any Flax module (float or quantized); pairs are found by tracing it.
+      variables: its variables with ``params`` and ``batch_stats``.
+      x: an example input (only its shape and dtype are used).
+      **apply_kwargs: passed to ``model.apply``; default ``train=False``.
+
+    Returns:
+      New variables with every conv -> BatchNorm pair folded.
+
+    Example:
+      >>> folded = fold_batchnorm(model, variables, jnp.zeros((1, 16, 16, 1)))
+    """
+    apply_kwargs = {"train": False, **apply_kwargs}
+    base = {k: v for k, v in unfreeze(dict(variables)).items()}
+    pairs = _find_conv_bn_pairs(model, base, x, apply_kwargs)
+    params = jax.tree.map(lambda a: a, base["params"])
+    stats = jax.tree.map(lambda a: a, base.get("batch_stats", {}))
+    for conv_path, bn_path, eps in pairs:
+        bn_p, bn_s = _get(params, bn_path), _get(stats, bn_path)
+        if "bias" not in bn_p:
+            continue  # nowhere to put the folded shift
+        var, mean = bn_s["var"], bn_s["mean"]
+        gamma = bn_p.get("scale", jnp.ones_like(var))
+        s = gamma * jax.lax.rsqrt(var + eps)
+        conv = _get(params, conv_path)
+        conv["kernel"] = conv["kernel"] * s
+        if "bias" in conv:
+            conv["bias"] = conv["bias"] * s
+        bn_p["bias"] = bn_p["bias"] - mean * s
+        if "scale" in bn_p:
+            bn_p["scale"] = jnp.ones_like(gamma)
+        bn_s["mean"] = jnp.zeros_like(mean)
+        bn_s["var"] = jnp.full_like(var, 1.0 - eps)
+    return {**base, "params": params, "batch_stats": stats}
+
+
+def reestimate_batch_stats(
+    model: nn.Module,
+    variables: Variables,
+    batches: Iterable[Any],
+    *,
+    num_batches: int | None = None,
+    **apply_kwargs,
+) -> dict[str, Any]:
+    """Re-estimates BatchNorm running statistics of a (quantized) model on data.
+
+    Quantizing weights shifts the statistics of the activations that BatchNorm
+    normalizes; running the quantized model in train mode over a few batches
+    re-estimates them (Nagel et al., 2021, "bias correction"; the "BN re-estimation"
+    of PTQ and QAT papers). The model's own BatchNorm momentum is used, so run
+    enough batches for it to forget the old values (about ``3 / (1 - momentum)``).
+
+    Args:
+      model: any Flax module whose train mode updates ``batch_stats``.
+      variables: its variables.
+      batches: arrays or dicts with an ``"image"`` key.
+      num_batches: use at most this many batches (None: all).
+      **apply_kwargs: passed to ``model.apply``; default ``train=True``. Dropout and
+        stochastic depth get a fixed key.
+
+    Returns:
+      ``variables`` with updated ``batch_stats``.
+
+    Example:
+      >>> qvars = reestimate_batch_stats(qmodel, qvars, batches, num_batches=30)
+    """
+    apply_kwargs = {"train": True, **apply_kwargs}
+    variables = unfreeze(dict(variables))
+    if not variables.get("batch_stats"):
+        return variables
+
+    @jax.jit
+    def step(variables, x):
+        _, updates = model.apply(
+            variables,
+            x,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.key(0)},
+            **apply_kwargs,
+        )
+        return {**variables, "batch_stats": unfreeze(updates)["batch_stats"]}
+
+    for i, batch in enumerate(batches):
+        if num_batches is not None and i >= num_batches:
+            break
+        variables = step(variables, jnp.asarray(_images(batch)))
+    return variables

@@ -1,0 +1,1 @@
+"""Quantization experiments: QAT and PTQ on the main job's setup."""

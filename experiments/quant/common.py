@@ -1,0 +1,91 @@
+"""Pieces shared by the QAT and PTQ scripts: schemes, final state, static evaluation."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+from typing import Any
+
+import jax
+import ml_collections
+
+from archjax import data, models, parallel
+from archjax import train as T
+from archjax.checkpoint import Checkpointer
+from archjax.quant import (
+    BinaryFormat,
+    FloatFormat,
+    IntFormat,
+    QuantRule,
+    TernaryFormat,
+    first_last_rules,
+)
+from experiments import train as main_job
+
+INT8, INT4 = IntFormat(bits=8), IntFormat(bits=4)
+FP8 = FloatFormat(exponent_bits=4, mantissa_bits=3, finite_only=True)
+
+# name -> rules. Low-bit schemes keep the first and last layers at w8a8, as the
+# Pareto-optimal 4-bit ResNets and HAWQ do.
+SCHEMES: dict[str, list[QuantRule]] = {
+    "float": [],
+    "w8a8": [QuantRule(pattern=".*", weight=INT8, activation=INT8)],
+    "w4a8": first_last_rules(INT8, INT4, activation=INT8),
+    "w4a4": first_last_rules(INT8, INT4, activation=INT4),
+    "binary": first_last_rules(INT8, BinaryFormat()),  # binary weights, float activations
+    "ternary": first_last_rules(INT8, TernaryFormat()),
+    "fp8": [QuantRule(pattern=".*", weight=FP8, activation=FP8)],
+}
+
+
+def scheme_rules(name: str) -> list[QuantRule]:
+    """The rules of scheme ``name`` (ValueError listing the schemes if unknown)."""
+    if name not in SCHEMES:
+        raise ValueError(f"Unknown quant scheme {name!r}. Choices: {', '.join(SCHEMES)}.")
+    return SCHEMES[name]
+
+
+def base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The main job's part of ``config`` (everything but the ``quant`` block)."""
+    base = ml_collections.ConfigDict(config.to_dict())
+    del base["quant"]
+    return base
+
+
+def datasets(config: ml_collections.ConfigDict):
+    data_kw = dict(config.dataset_kwargs.to_dict(), image_size=config.image_size)
+    train_ds = data.get_dataset(config.dataset, "train", data_dir=config.data_dir, **data_kw)
+    test_ds = data.get_dataset(config.dataset, "test", data_dir=config.data_dir, **data_kw)
+    return train_ds, test_ds
+
+
+def final_variables(config: ml_collections.ConfigDict, workdir: str, model) -> dict[str, Any]:
+    """``params`` and ``batch_stats`` of the last checkpoint the main job wrote in ``workdir``."""
+    train_ds, _ = datasets(config)
+    mesh = parallel.make_mesh(config.num_devices)
+    tx = main_job.create_optimizer(config)
+    target = T.abstract_train_state(model, tx, input_shape=(1, *train_ds.image_shape), mesh=mesh)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        state, _ = ckpt.restore(target, step=ckpt.latest_step())
+    finally:
+        ckpt.close()
+    return jax.device_get(state.variables())
+
+
+def evaluate(config: ml_collections.ConfigDict, model, variables, ds) -> dict[str, float]:
+    """Test loss and accuracy of ``model`` with ``variables`` (``quant_stats`` included)."""
+    mesh = parallel.make_mesh(config.num_devices)
+    eval_fn = T.make_eval_step(model)
+    step = T.jit_eval_step(lambda v, b: eval_fn(SimpleNamespace(variables=lambda: v), b), mesh=mesh)
+    return main_job.evaluate(step, variables, ds, batch_size=config.eval_batch_size, mesh=mesh)
+
+
+def train_batches(config: ml_collections.ConfigDict, ds, n: int):
+    """The first ``n`` un-augmented train batches (calibration data)."""
+    batches = data.eval_batches(ds, batch_size=config.batch_size)
+    return [b["image"] for _, b in zip(range(n), batches, strict=False)]
+
+
+def model_for(config: ml_collections.ConfigDict, ds):
+    return models.create(config.model, num_classes=ds.num_classes, **config.model_kwargs.to_dict())

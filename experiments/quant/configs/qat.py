@@ -1,0 +1,28 @@
+r"""QAT on digits with the main job's ResNet-20: float vs w8a8 vs w4a4 vs binary weights.
+
+Everything but the ``quant`` block is experiments/configs/default.py (the main job).
+
+  python -m experiments.quant.qat --config=experiments/quant/configs/qat.py:scheme=w8a8
+  python -m experiments.quant.qat --config.quant.scheme=w4a4 --workdir=runs/qat_w4a4
+
+``quant.scheme`` is a name from ``experiments.quant.common.SCHEMES``.
+"""
+
+import ml_collections
+
+from experiments import config_utils
+from experiments.configs import default
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The main job's config plus a ``quant`` block; ``arg``: "scheme=w4a4,num_steps=..."."""
+    c = default.get_config()
+    c.quant = ml_collections.ConfigDict()
+    c.quant.scheme = "w8a8"  # float, w8a8, w4a8, w4a4, binary, ternary, fp8
+    c.quant.calibration_batches = 8  # train batches that fix the static activation scales
+    if arg:
+        pairs = dict(kv.split("=", 1) for kv in arg.split(","))
+        if "scheme" in pairs:
+            c.quant.scheme = pairs.pop("scheme")
+        arg = ",".join(f"{k}={v}" for k, v in pairs.items()) or None
+    return config_utils.apply_arg(c, arg)
