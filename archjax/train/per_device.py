@@ -112,6 +112,10 @@ def shard_map_train_step(
         mesh=mesh,
         in_specs=(PartitionSpec(), PartitionSpec(axes)),
         out_specs=(PartitionSpec(), PartitionSpec()),
+        # With varying-axis checks on, the gradient of the replicated parameters
+        # would already be psum-ed by the transpose; off, the body is plain
+        # per-device code (local gradients, explicit pmean), exactly as under pmap.
+        check_vma=False,
     )
     return jax.jit(mapped, donate_argnums=0)
 
@@ -142,10 +146,10 @@ def pmap_train_step(
 
 
 def replicate(tree: Any, devices: Sequence[Any] | None = None) -> Any:
-    """Copies ``tree`` to every device with a leading device axis (for :func:`pmap_train_step`)."""
-    devices = list(devices) if devices is not None else jax.local_devices()
-    host = jax.device_get(tree)
-    return jax.device_put_sharded([host] * len(devices), devices)
+    """Stacks ``tree`` once per device (host arrays) as :func:`pmap_train_step` takes it."""
+    n = len(devices) if devices is not None else jax.local_device_count()
+    # Host arrays with a leading axis of n: pmap places slice i on device i.
+    return jax.tree.map(lambda x: np.stack([np.asarray(x)] * n), jax.device_get(tree))
 
 
 def unreplicate(tree: Any) -> Any:
