@@ -5,7 +5,9 @@ of an archjax checkpoint::
 
     <directory>/<step>/state/   the TrainState pytree (StandardSave, sharded arrays)
     <directory>/<step>/data/    the data iterator state (JSON), if given
-    <directory>/<step>/meta/    config, metrics and a checksum of every leaf (JSON)
+    <directory>/<step>/meta/    config and metrics (JSON)
+    <directory>/<step>/checksums.json   a checksum of every leaf, added after the step
+                                is complete (computed while the save runs)
 
 Orbax writes each step into a temporary directory and renames it when complete,
 so an interrupted save never becomes the "latest" checkpoint. Restores go into
@@ -19,6 +21,7 @@ step, and moves the bad one aside (``<step>.corrupt``) rather than deleting it.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Mapping
@@ -34,6 +37,7 @@ from jax.experimental import multihost_utils
 _TMP_MARK = ".orbax-checkpoint-tmp"
 _CORRUPT_SUFFIX = ".corrupt"
 _OWN_FILES = ("_CHECKPOINT_METADATA", "_ROOT_METADATA")
+_CHECKSUMS = "checksums.json"
 
 
 class CheckpointError(RuntimeError):
@@ -78,7 +82,11 @@ def checksums(tree: Any) -> dict[str, int]:
       >>> checksums({"w": jnp.ones(3)})
       {'w': 2496349059}
     """
-    sums = _checksums_jit(tree)
+    return _resolve(_checksums_jit(tree))
+
+
+def _resolve(sums: Any) -> dict[str, int]:
+    """Device checksums (maybe still being computed) -> ``{path: int}`` (blocks)."""
     return {key: int(np.asarray(v.addressable_data(0))) for key, v in _leaves_by_path(sums).items()}
 
 
@@ -184,6 +192,8 @@ class Checkpointer:
         self.directory = os.path.abspath(os.fspath(directory))
         _check_checkpoint_directory(self.directory)
         self.best_metric = best_metric
+        # (step, device checksums) of saves whose checksums.json is not written yet.
+        self._pending: list[tuple[int, Any]] = []
         policies = [ocp.checkpoint_managers.LatestN(n=max_to_keep)]
         if keep_best:
             policies.append(
@@ -256,15 +266,37 @@ class Checkpointer:
         if not (force or self._manager.should_save(step)):
             return False
         metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
-        meta = {"checksums": checksums(state), "config": config, "metrics": metrics}
+        self._write_checksums()  # of the previous save, long finished by now
+        # Dispatched, not awaited: the hash runs while Orbax writes, so an async
+        # save blocks the loop no longer than without it.
+        sums = _checksums_jit(state)
+        meta = {"config": config, "metrics": metrics}
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
         if data_state is not None:
             items["data"] = ocp.args.JsonSave(data_state)
         if self.best_metric and metrics is not None and self.best_metric not in metrics:
             raise ValueError(f"metrics {sorted(metrics)} lack best_metric {self.best_metric!r}.")
-        return self._manager.save(
+        started = self._manager.save(
             step, args=ocp.args.Composite(**items), metrics=metrics, force=force
         )
+        if started:
+            self._pending.append((step, sums))
+        return started
+
+    def _write_checksums(self) -> None:
+        """Writes ``<step>/checksums.json`` for finished saves (atomically, process 0)."""
+        if not self._pending:
+            return
+        self._manager.wait_until_finished()
+        for step, sums in self._pending:
+            values = _resolve(sums)
+            path = os.path.join(self.directory, str(step))
+            if jax.process_index() == 0 and os.path.isdir(path):  # not deleted meanwhile
+                tmp = os.path.join(path, f".checksums.json.tmp{os.getpid()}")
+                with open(tmp, "w") as f:
+                    json.dump(values, f)
+                os.replace(tmp, os.path.join(path, _CHECKSUMS))
+        self._pending = []
 
     def restore(self, target: Any, *, step: int | None = None) -> tuple[Any, dict | None]:
         """Restores the state at ``step`` (default: the latest good one) into ``target``.
@@ -355,8 +387,13 @@ class Checkpointer:
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # orbax raises many types for unreadable files
             raise CheckpointError(f"Could not read checkpoint {path}: {e}") from e
-        if has["meta"]:
-            want = restored["meta"].get("checksums") or {}
+        checksum_file = os.path.join(path, _CHECKSUMS)
+        if os.path.exists(checksum_file):  # absent if killed between save and its checksums
+            try:
+                with open(checksum_file) as f:
+                    want = json.load(f)
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"Checkpoint {path}: unreadable {_CHECKSUMS}: {e}") from e
             have = checksums(restored["state"])
             bad = sorted(k for k in want if have.get(k) != want[k])
             if bad:
@@ -367,7 +404,7 @@ class Checkpointer:
         return restored["state"], (restored["data"] if has["data"] else None)
 
     def metadata(self, step: int) -> dict:
-        """The ``meta`` item of ``step``: ``config``, ``metrics``, ``checksums`` (or ``{}``)."""
+        """The ``meta`` item of ``step``: ``config`` and ``metrics`` (or ``{}``)."""
         path = os.path.join(self.directory, str(step), "meta")
         if not os.path.isdir(path):
             return {}
@@ -386,11 +423,13 @@ class Checkpointer:
         return meta
 
     def wait_until_finished(self) -> None:
-        """Blocks until background saves are on disk."""
+        """Blocks until background saves (and their checksums) are on disk."""
         self._manager.wait_until_finished()
+        self._write_checksums()
 
     def close(self) -> None:
         """Waits for pending saves and releases resources."""
+        self._write_checksums()
         self._manager.close()
 
     def __enter__(self) -> Checkpointer:

@@ -155,10 +155,10 @@ def test_corrupt_latest_falls_back_to_previous_and_keeps_it(setup, tmp_path, dam
                         f.truncate(os.path.getsize(path) // 2)
         reason = "unreadable|Could not read"
     else:  # values changed after writing, files still readable: only checksums notice
-        meta = tmp_path / "3" / "meta" / "metadata"
-        content = json.loads(meta.read_text())
-        content["checksums"]["params/head/bias"] += 1
-        meta.write_text(json.dumps(content))
+        sums = tmp_path / "3" / "checksums.json"
+        content = json.loads(sums.read_text())
+        content["params/head/bias"] += 1
+        sums.write_text(json.dumps(content))
         reason = r"differ from the checksums.*params/head/bias"
     before = _files(tmp_path)
     with (
