@@ -267,9 +267,6 @@ class Checkpointer:
             return False
         metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
         self._write_checksums()  # of the previous save, long finished by now
-        # Dispatched, not awaited: the hash runs while Orbax writes, so an async
-        # save blocks the loop no longer than without it.
-        sums = _checksums_jit(state)
         meta = {"config": config, "metrics": metrics}
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
         if data_state is not None:
@@ -280,7 +277,9 @@ class Checkpointer:
             step, args=ocp.args.Composite(**items), metrics=metrics, force=force
         )
         if started:
-            self._pending.append((step, sums))
+            # Dispatched after Orbax's copy to host (on one device queue the copy would
+            # wait for the hash) and not awaited: it runs while Orbax writes.
+            self._pending.append((step, _checksums_jit(state)))
         return started
 
     def _write_checksums(self) -> None:
