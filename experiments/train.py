@@ -33,13 +33,16 @@ from tqdm import tqdm
 
 from archjax import data, models, optim, parallel
 from archjax import train as T
-from archjax.checkpoint import Checkpointer
+from archjax.checkpoint import Checkpointer, claim_directory
 from experiments import config_utils
 from experiments.plotting import plot_curves
 
 # Keys that may change between a run and its resumption; any other change would
 # make the checkpoint mean something else, so it is refused.
-RESUMABLE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
+RESUMABLE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+                  # A run may resume on another device count, mesh or set of hosts.
+                  "num_devices", "mesh", "distributed", "keep_best_checkpoints",
+                  "async_checkpoints")  # fmt: skip
 
 
 def create_optimizer(config: ml_collections.ConfigDict):
@@ -112,10 +115,12 @@ def train_and_evaluate(
     """
     start = time.time()
     config_utils.validate(config)
-    mesh = parallel.make_mesh(config.num_devices)
+    parallel.initialize(**config.distributed.to_dict())  # no-op for one process
+    mesh = parallel.make_mesh(config.num_devices, shape=config.mesh.to_dict())
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh)
-    is_main = jax.process_index() == 0
+    is_main = parallel.is_main_process()
+    claim_directory(workdir)  # never a non-empty directory that is not archjax's
     os.makedirs(workdir, exist_ok=True)
     config_utils.check_or_write(config, workdir, resumable_keys=RESUMABLE_KEYS)
 
@@ -140,15 +145,19 @@ def train_and_evaluate(
         os.path.join(workdir, "checkpoints"),
         save_interval_steps=config.checkpoint_every,
         max_to_keep=config.keep_checkpoints,
+        async_save=config.async_checkpoints,
+        best_metric="test_accuracy" if config.keep_best_checkpoints else None,
+        keep_best=config.keep_best_checkpoints,
     )
-    resumed_from = ckpt.latest_step()
-    if resumed_from is None:
+    resumed_from = None
+    if ckpt.latest_step() is None:
         state = T.create_train_state(
             model, tx, rng=jax.random.key(config.seed), input_shape=input_shape, mesh=mesh
         )
-    else:
+    else:  # the latest good checkpoint; a corrupt one is reported and set aside
         target = T.abstract_train_state(model, tx, input_shape=input_shape, mesh=mesh)
-        state, data_state = ckpt.restore(target, step=resumed_from)
+        state, data_state = ckpt.restore(target)
+        resumed_from = int(state.step)
         if data_state is not None:
             train_iter.set_state(data_state)
         print(f"Resuming from step {resumed_from} ({ckpt.directory}/{resumed_from}).", flush=True)
@@ -158,7 +167,9 @@ def train_and_evaluate(
     if is_main:
         config_utils.truncate_metrics(metrics_path, after_step=step)
     train_step = T.jit_train_step(
-        T.make_train_step(model, tx, label_smoothing=config.label_smoothing), mesh=mesh
+        T.make_train_step(model, tx, label_smoothing=config.label_smoothing),
+        mesh=mesh,
+        state=state,  # keeps the FSDP / tensor-parallel layout from step to step
     )
     eval_step = T.jit_eval_step(T.make_eval_step(model), mesh=mesh)
 
@@ -209,13 +220,21 @@ def train_and_evaluate(
                     log({"step": step, "split": "train", **means, "examples_per_sec": rate})
                     bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
                     train_sums, n_sums, t_log = None, 0, time.time()
-                if step % config.eval_every == 0 or step == config.num_steps:
+                evaluated = step % config.eval_every == 0 or step == config.num_steps
+                if evaluated:
                     test = run_eval()
                     bar.write(
                         f"step {step}: test loss {test['loss']:.4f}, "
                         f"test accuracy {test['accuracy']:.4f}"
                     )
-                ckpt.save(step, state, data_state=train_iter.get_state(), force=saving)
+                ckpt.save(
+                    step,
+                    state,
+                    data_state=train_iter.get_state(),
+                    config=json.loads(config.to_json()),
+                    metrics={"test_accuracy": test["accuracy"]} if evaluated else None,
+                    force=saving,
+                )
                 if interrupt.signum is not None:
                     interrupted = True
                     bar.write(

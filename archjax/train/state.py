@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from archjax.parallel import replicated
+from archjax.parallel import ShardingRules, tree_shardings
 
 
 @flax.struct.dataclass
@@ -68,23 +68,31 @@ def abstract_train_state(
     *,
     input_shape: Sequence[int],
     mesh: Mesh | None = None,
+    rules: ShardingRules | None = None,
 ) -> TrainState:
     """Shapes, dtypes (and shardings if ``mesh`` is given) of a train state, without FLOPs.
 
-    This is the restore target of :class:`archjax.checkpoint.Checkpointer`.
+    This is the restore target of :class:`archjax.checkpoint.Checkpointer`; a
+    mesh other than the one the checkpoint was written on (another device count
+    or strategy) is fine: each leaf is read into its new sharding.
     """
     abstract = jax.eval_shape(_init_fn(model, tx, input_shape), jax.random.key(0))
     if mesh is None:
         return abstract
-    sharding = state_sharding(abstract, mesh)
+    sharding = state_sharding(abstract, mesh, rules)
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, sharding
     )
 
 
-def state_sharding(state: Any, mesh: Mesh) -> Any:
-    """Per-leaf shardings of a train state: replicated (data parallelism)."""
-    return jax.tree.map(lambda _: replicated(mesh), state)
+def state_sharding(state: Any, mesh: Mesh, rules: ShardingRules | None = None) -> Any:
+    """Per-leaf shardings of a train state under the logical-axis ``rules``.
+
+    On a 1-D ``data`` mesh everything is replicated (data parallelism); on a
+    ``data x fsdp x model`` mesh parameters, optimizer state and BatchNorm
+    statistics are split as :mod:`archjax.parallel.rules` says.
+    """
+    return tree_shardings(state, mesh, rules)
 
 
 def create_train_state(
@@ -94,6 +102,7 @@ def create_train_state(
     rng: jax.Array,
     input_shape: Sequence[int],
     mesh: Mesh | None = None,
+    rules: ShardingRules | None = None,
 ) -> TrainState:
     """Initialises a train state, placed on ``mesh`` if given.
 
@@ -105,7 +114,8 @@ def create_train_state(
       tx: an optax optimizer.
       rng: a PRNG key (``jax.random.key(seed)``); split into init and step keys.
       input_shape: shape of a dummy input batch, e.g. ``(1, 16, 16, 1)``.
-      mesh: optional mesh; the state is replicated over it.
+      mesh: optional mesh; the state is laid out on it by ``rules``.
+      rules: logical-axis rules (default :class:`archjax.parallel.ShardingRules`).
 
     Returns:
       A :class:`TrainState` at step 0.
@@ -119,4 +129,4 @@ def create_train_state(
     if mesh is None:
         return jax.jit(init)(rng)
     abstract = jax.eval_shape(init, rng)
-    return jax.jit(init, out_shardings=state_sharding(abstract, mesh))(rng)
+    return jax.jit(init, out_shardings=state_sharding(abstract, mesh, rules))(rng)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from archjax.parallel import data_sharding, replicated
+from archjax.parallel import ShardingRules, data_sharding, replicated
 from archjax.train.losses import correct, cross_entropy
 from archjax.train.state import TrainState, state_sharding
 
@@ -105,22 +105,26 @@ def jit_train_step(
     *,
     mesh: Mesh,
     state: Any = None,
+    rules: ShardingRules | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """Compiles ``train_step`` for ``mesh``: data-parallel batch, donated state.
+    """Compiles ``train_step`` for ``mesh``: batch split on data/fsdp, donated state.
 
     Args:
       train_step: from :func:`make_train_step`.
       mesh: the device mesh (see :func:`archjax.parallel.make_mesh`).
       state: a (possibly abstract) train state, used only for its tree structure;
         ``None`` lets the state sharding be inferred from the input, which is
-        already placed by :func:`archjax.train.create_train_state`.
+        already placed by :func:`archjax.train.create_train_state`. Pass it for
+        FSDP or tensor parallelism, so that the new state keeps the layout.
+      rules: logical-axis rules for the state (default
+        :class:`archjax.parallel.ShardingRules`).
 
     Returns:
       The jitted step. Call it with global arrays from
       :func:`archjax.parallel.shard_batch`; the input state is donated (do not use
       it after the call).
     """
-    state_sh = state_sharding(state, mesh) if state is not None else None
+    state_sh = state_sharding(state, mesh, rules) if state is not None else None
     return jax.jit(
         train_step,
         in_shardings=(state_sh, data_sharding(mesh)),

@@ -48,6 +48,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Parallelism: devices on the data axis (None = all).
     c.num_devices = ml_collections.config_dict.placeholder(int)
+    # Mesh axis sizes (one may be -1 = the rest): data parallel, FSDP, tensor parallel.
+    # See docs/distributed.md; the rules are archjax.parallel.ShardingRules.
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
+    # Multi-process runs (jax.distributed); unset values come from JAX_COORDINATOR_ADDRESS,
+    # JAX_NUM_PROCESSES, JAX_PROCESS_ID; auto_detect for TPU VM slices and SLURM.
+    c.distributed = ml_collections.ConfigDict(
+        {
+            "coordinator_address": ml_collections.config_dict.placeholder(str),
+            "num_processes": ml_collections.config_dict.placeholder(int),
+            "process_id": ml_collections.config_dict.placeholder(int),
+            "auto_detect": False,
+        }
+    )
 
     # Logging, evaluation, checkpoints (in steps).
     c.log_every = 25
@@ -55,5 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_batch_size = 256
     c.checkpoint_every = 100
     c.keep_checkpoints = 3
+    c.keep_best_checkpoints = 0  # also keep this many best by test accuracy
+    c.async_checkpoints = True  # write in the background; the loop waits only for the copy
 
     return config_utils.apply_arg(c, arg)

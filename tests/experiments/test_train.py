@@ -1,6 +1,7 @@
 """The main job end to end: outputs, resume, preemption, and config errors."""
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -89,39 +90,64 @@ def _run_main(workdir, *extra, wait=True):
     )
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_preemption_then_rerun_equals_uninterrupted_run(tmp_path, signum):
-    """SIGTERM/SIGINT saves a checkpoint at the current step; the re-run continues
-    from it and ends in exactly the state of a run that was never interrupted."""
-    # Slow enough per step that the signal lands mid-run (full width, 16 px).
-    overrides = dict(num_steps=150, image_size=16, checkpoint_every=25, eval_every=150)
-    flags = _overrides_as_flags(**overrides)
+# Slow enough per step that a signal lands mid-run (full width, 16 px).
+PREEMPT = dict(num_steps=150, image_size=16, checkpoint_every=25, eval_every=150)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The final state of a run of PREEMPT that nobody interrupted."""
+    config = tiny_config(**PREEMPT)
+    reference = str(tmp_path_factory.mktemp("reference"))
+    main_job.train_and_evaluate(config, reference)
+    return _final_state(reference, config)[0]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_preemption_then_rerun_equals_uninterrupted_run(tmp_path, signum, uninterrupted):
+    """SIGTERM/SIGINT save a checkpoint at the current step and exit; SIGKILL (kill -9,
+    at a random moment after the first checkpoint) loses the steps since the last one.
+    Either way the re-run continues and ends bitwise equal to an uninterrupted run
+    (same seed; the data iterator position is part of the checkpoint)."""
+    flags = _overrides_as_flags(**PREEMPT)
     workdir = str(tmp_path / "preempted")
     proc = _run_main(workdir, *flags, wait=False)
     first_ckpt = os.path.join(workdir, "checkpoints", "25")
     deadline = time.time() + 300
     while not os.path.isdir(first_ckpt) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
+    delay = random.uniform(0.0, 2.0) if signum == signal.SIGKILL else 0.0
+    time.sleep(delay)  # a random step (and maybe mid-save) for kill -9
     proc.send_signal(signum)
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signum, out
-    assert f"Received {signal.Signals(signum).name}: saved a checkpoint at step" in out
-    assert "Interrupted: test accuracy n/a" in out
-    config = tiny_config(**overrides)
+    config = tiny_config(**PREEMPT)
     _, steps = _final_state(workdir, config)
     stopped_at = steps[-1]
-    assert 25 <= stopped_at < 150, steps  # the signal's own checkpoint, not a periodic one only
+    if signum == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL, out
+        assert 25 <= stopped_at < 150, (steps, delay)
+    else:
+        assert proc.returncode == 128 + signum, out
+        # Saved at the step boundary after the signal, then exited: that is the last step.
+        name = signal.Signals(signum).name
+        assert f"Received {name}: saved a checkpoint at step {stopped_at}." in out, out
+        assert "Interrupted: test accuracy n/a" in out
+        assert 25 <= stopped_at < 150, steps
 
     rerun = _run_main(workdir, *flags)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"Resuming from step {stopped_at}" in rerun.stdout
     assert "Done: test accuracy" in rerun.stdout and "steps 150" in rerun.stdout
 
-    reference = str(tmp_path / "reference")
-    main_job.train_and_evaluate(config, reference)
     resumed_state, _ = _final_state(workdir, config)
-    reference_state, _ = _final_state(reference, config)
-    chex.assert_trees_all_close(resumed_state, reference_state, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_equal(resumed_state, uninterrupted)  # bitwise, delay={delay}
+
+
+def test_refuses_a_foreign_non_empty_workdir(tmp_path):
+    (tmp_path / "thesis.tex").write_text("not archjax's")
+    with pytest.raises(ValueError, match="Refusing to write into .* not an archjax directory"):
+        main_job.train_and_evaluate(tiny_config(), str(tmp_path))
+    assert os.listdir(tmp_path) == ["thesis.tex"]
 
 
 def test_cli_unknown_config_key_names_it(tmp_path):
