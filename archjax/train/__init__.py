@@ -1,6 +1,11 @@
 """Train state, pure train/eval steps, losses and their sharded compilation."""
 
+from archjax.train.accumulate import accumulate_gradients, split_batch
 from archjax.train.losses import accuracy, correct, cross_entropy
+from archjax.train.mixing import cutmix, mix_batch, mixup, one_hot_targets
+from archjax.train.precision import Policy, get_policy, list_policies
+from archjax.train.recipe import Recipe, make_recipe_train_step
+from archjax.train.sam import sam_gradients
 from archjax.train.state import (
     TrainState,
     abstract_train_state,
@@ -10,15 +15,27 @@ from archjax.train.state import (
 from archjax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
 
 __all__ = [
+    "Policy",
+    "Recipe",
     "TrainState",
     "abstract_train_state",
+    "accumulate_gradients",
     "accuracy",
     "correct",
     "create_train_state",
     "cross_entropy",
+    "cutmix",
+    "get_policy",
     "jit_eval_step",
     "jit_train_step",
+    "list_policies",
+    "make_recipe_train_step",
     "make_eval_step",
     "make_train_step",
+    "mix_batch",
+    "mixup",
+    "one_hot_targets",
+    "sam_gradients",
+    "split_batch",
     "state_sharding",
 ]
