@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from archjax import data, models, optim
+from archjax import train as T
 
 _HERE = os.path.dirname(__file__)
 DEFAULT_CONFIG = os.path.join(_HERE, "configs", "default.py")
@@ -70,6 +71,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"Unknown optimizer {config.optimizer!r} (config.optimizer). "
             f"Choices: {', '.join(optim.list_optimizers())}."
         )
+    _check_recipe(config)
     for key in _POSITIVE_INTS:
         value = config[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -203,3 +205,42 @@ def preprocess_argv(argv: list[str]) -> None:
     except (ValueError, FileNotFoundError) as e:
         print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def _recipe_choices() -> dict[str, list]:
+    """Config keys that name a recipe piece, and the names each accepts."""
+    return {
+        "schedule": optim.list_schedules(),
+        "lr_scaling": list(optim.LR_RULES),
+        "optimizer_state_bits": list(optim.STATE_BITS),
+        "precision": T.list_policies(),
+    }
+
+
+def _check_recipe(config: ml_collections.ConfigDict) -> None:
+    """Unknown names of recipe pieces and impossible recipe values raise ``ValueError``."""
+    for key, choices in _recipe_choices().items():
+        if config[key] not in choices:
+            raise ValueError(
+                f"Unknown {key} {config[key]!r} (config.{key}). "
+                f"Choices: {', '.join(map(str, choices))}."
+            )
+    for key in ("microbatches", "sam_groups", "base_batch_size"):
+        value = config[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"config.{key} must be a positive integer, got {value!r}.")
+    for key in ("sam_rho", "mixup_alpha", "cutmix_alpha", "agc_clipping", "ema_decay"):
+        if config[key] < 0:
+            raise ValueError(f"config.{key} must be >= 0 (0 = off), got {config[key]}.")
+    if config.ema_decay >= 1:
+        raise ValueError(f"config.ema_decay must be < 1, got {config.ema_decay}.")
+    if not 0 <= config.randaugment_magnitude <= 30 or config.randaugment_layers < 0:
+        raise ValueError(
+            "config.randaugment_layers must be >= 0 and config.randaugment_magnitude in "
+            f"[0, 30], got {config.randaugment_layers} and {config.randaugment_magnitude}."
+        )
+    for key in ("microbatches", "sam_groups"):
+        if config.batch_size % config[key]:
+            raise ValueError(
+                f"config.{key}={config[key]} must divide config.batch_size={config.batch_size}."
+            )

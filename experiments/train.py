@@ -46,16 +46,68 @@ RESUMABLE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "k
 
 
 def create_optimizer(config: ml_collections.ConfigDict):
-    """The optax optimizer that ``config`` names, with its schedule."""
+    """The optax optimizer that ``config`` names, with its schedule and recipe pieces."""
     return optim.create_optimizer(
         config.optimizer,
-        learning_rate=config.learning_rate,
+        learning_rate=optim.scale_lr(
+            config.learning_rate, config.base_batch_size, config.batch_size, config.lr_scaling
+        ),
         num_steps=config.num_steps,
-        warmup_steps=config.warmup_steps,
+        # Warmup spans the same number of examples at any batch size when scaling is on.
+        warmup_steps=config.warmup_steps
+        if config.lr_scaling == "none"
+        else optim.scale_warmup_steps(
+            config.warmup_steps, config.base_batch_size, config.batch_size
+        ),
         momentum=config.momentum,
         weight_decay=config.weight_decay,
         nesterov=config.nesterov,
+        schedule=config.schedule,
+        state_bits=config.optimizer_state_bits,
+        agc_clipping=config.agc_clipping,
+        spike_clipping=config.spike_clipping,
+        ema_decay=config.ema_decay,
+        ema_warmup=config.ema_warmup,
     )
+
+
+def create_recipe(config: ml_collections.ConfigDict, ds: data.Dataset) -> T.Recipe:
+    """The step-side recipe pieces that ``config`` turns on (see archjax.train.Recipe)."""
+    augment = None
+    if config.randaugment_layers:
+        augment = data.rand_augment_normalized(
+            num_layers=config.randaugment_layers,
+            magnitude=config.randaugment_magnitude,
+            mean=ds.mean,
+            std=ds.std,
+        )
+    return T.Recipe(
+        label_smoothing=config.label_smoothing,
+        mixup_alpha=config.mixup_alpha,
+        cutmix_alpha=config.cutmix_alpha,
+        sam_rho=config.sam_rho,
+        sam_groups=config.sam_groups,
+        microbatches=config.microbatches,
+        precision=config.precision,
+        augment=augment,
+    )
+
+
+def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
+    """Knobs for ``models.create``: ``model_kwargs`` plus precision and regularization rates."""
+    kw = {"num_classes": num_classes, **config.model_kwargs.to_dict()}
+    if config.precision != "fp32":
+        kw["dtype"] = T.get_policy(config.precision).compute_dtype
+    for key in ("drop_path_rate", "dropout_rate"):
+        if config[key] is not None:
+            kw[key] = config[key]
+    return kw
+
+
+def eval_view(state: T.TrainState) -> T.TrainState:
+    """The state to evaluate: with the parameter EMA if the optimizer keeps one."""
+    ema = optim.find_ema_params(state.opt_state)
+    return state if ema is None else state.replace(params=ema)
 
 
 def evaluate(eval_step, state, ds, *, batch_size: int, mesh) -> dict[str, float]:
@@ -127,8 +179,7 @@ def train_and_evaluate(
     data_kw = dict(config.dataset_kwargs.to_dict(), image_size=config.image_size)
     train_ds = data.get_dataset(config.dataset, "train", data_dir=config.data_dir, **data_kw)
     test_ds = data.get_dataset(config.dataset, "test", data_dir=config.data_dir, **data_kw)
-    model_kw = {"num_classes": train_ds.num_classes, **config.model_kwargs.to_dict()}
-    model = models.create(config.model, **model_kw)
+    model = models.create(config.model, **model_kwargs(config, train_ds.num_classes))
     if wrap_model is not None:
         model = wrap_model(model)
     tx = create_optimizer(config)
@@ -167,7 +218,7 @@ def train_and_evaluate(
     if is_main:
         config_utils.truncate_metrics(metrics_path, after_step=step)
     train_step = T.jit_train_step(
-        T.make_train_step(model, tx, label_smoothing=config.label_smoothing),
+        T.make_recipe_train_step(model, tx, create_recipe(config, train_ds)),
         mesh=mesh,
         state=state,  # keeps the FSDP / tensor-parallel layout from step to step
     )
@@ -179,7 +230,9 @@ def train_and_evaluate(
                 f.write(json.dumps(record) + "\n")
 
     def run_eval(record: bool = True) -> dict[str, float]:
-        result = evaluate(eval_step, state, test_ds, batch_size=config.eval_batch_size, mesh=mesh)
+        result = evaluate(
+            eval_step, eval_view(state), test_ds, batch_size=config.eval_batch_size, mesh=mesh
+        )
         if record:
             log({"step": step, "split": "test", **result})
         return result

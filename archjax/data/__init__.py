@@ -2,6 +2,15 @@
 
 from archjax.data.base import Dataset
 from archjax.data.pipeline import eval_batches, train_iterator
+from archjax.data.randaugment import rand_augment, rand_augment_normalized
 from archjax.data.registry import get_dataset, list_datasets
 
-__all__ = ["Dataset", "eval_batches", "get_dataset", "list_datasets", "train_iterator"]
+__all__ = [
+    "Dataset",
+    "eval_batches",
+    "get_dataset",
+    "list_datasets",
+    "rand_augment",
+    "rand_augment_normalized",
+    "train_iterator",
+]

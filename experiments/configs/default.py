@@ -45,6 +45,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.weight_decay = 5e-4
     c.warmup_steps = 15
     c.label_smoothing = 0.1
+    # Recipe pieces (archjax.optim / archjax.train.recipe); defaults leave them off.
+    c.schedule = "cosine"  # a name from archjax.optim.list_schedules()
+    c.lr_scaling = "none"  # "linear" / "sqrt": scale learning_rate by batch_size / base_batch_size
+    c.base_batch_size = 128  # the batch size that learning_rate and warmup_steps were tuned at
+    c.optimizer_state_bits = 32  # 32, 8 or 4 (block-wise quantized moments)
+    c.agc_clipping = 0.0  # adaptive gradient clipping ratio, classifier skipped (0 = off)
+    c.spike_clipping = False  # Stable-SPAM spike-aware clipping before the optimizer
+    c.ema_decay = 0.0  # EMA of parameters, used for evaluation (0 = off)
+    c.ema_warmup = True
+    c.sam_rho = 0.0  # sharpness-aware minimization radius (0 = off)
+    c.sam_groups = 1  # m-sharpness: perturbations per batch (= data devices for per-device SAM)
+    c.microbatches = 1  # gradient accumulation: micro-batches per step
+    c.precision = "fp32"  # "fp32" or "bf16" (bf16 compute, fp32 master weights)
+    c.mixup_alpha = 0.0  # Beta(alpha, alpha) mixing weights (0 = off)
+    c.cutmix_alpha = 0.0  # with both > 0, each batch uses one of them at random
+    c.randaugment_layers = 0  # RandAugment ops per image (0 = off)
+    c.randaugment_magnitude = 9  # 0..30 (ResNet-RS uses 10-15)
+    c.drop_path_rate = ml_collections.config_dict.placeholder(float)  # None = model default
+    c.dropout_rate = ml_collections.config_dict.placeholder(float)  # None = model default
 
     # Parallelism: devices on the data axis (None = all).
     c.num_devices = ml_collections.config_dict.placeholder(int)

@@ -1,0 +1,102 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from archjax import models, optim
+
+
+def test_dynamic_map_matches_its_definition():
+    code = optim.dynamic_map(signed=True)
+    assert code.shape == (256,) and np.all(np.diff(code) > 0)
+    # Decade i holds 2**i midpoints of linspace(0.1, 1, 2**i + 1), times 10**(i - 6).
+    for i in range(7):
+        bounds = np.linspace(0.1, 1.0, 2**i + 2 - 1)
+        mids = (bounds[:-1] + bounds[1:]) / 2 * 10.0 ** (i - 6)
+        assert np.all(np.isin(mids.astype(np.float32), code)), i
+        assert np.all(np.isin((-mids).astype(np.float32), code)), i
+    assert 0.0 in code and code[-1] == 1.0 and code[0] > -1.0  # bitsandbytes' asymmetry
+    unsigned = optim.dynamic_map(signed=False)
+    assert unsigned.shape == (256,) and unsigned.min() == 0.0 and unsigned.max() == 1.0
+    assert unsigned[1] == pytest.approx(0.325e-6)  # finest decade: 2 midpoints of [0.1, 1]
+    assert optim.dynamic_map(signed=True, max_exponent_bits=3, total_bits=4).shape == (16,)
+    assert optim.linear_map_no_zero(4).min() == 1 / 16
+
+
+@pytest.mark.parametrize("bits,signed", [(8, True), (8, False), (4, True), (4, False)])
+def test_round_trip_error_is_at_most_half_a_code_gap(bits, signed):
+    x = jax.random.normal(jax.random.key(bits), (3, 1000)) * 0.01
+    x = x if signed else x**2
+    block = 256
+    q = optim.quantize_blockwise(x, bits=bits, signed=signed, block_size=block)
+    assert q.codes.dtype == jnp.uint8
+    assert q.codes.shape == (12, block if bits == 8 else block // 2)
+    y = optim.dequantize_blockwise(q)
+    assert y.shape == x.shape
+    code = np.asarray(optim.quantize_state.__globals__["_code_book"](bits, signed))
+    # Worst case: half the widest gap inside the map, or the distance from the map's ends
+    # to the ends of the normalized range ([-1, 1] signed, [0, 1] unsigned).
+    half_gap = max(np.diff(code).max() / 2, code[0] - (-1.0 if signed else 0.0), 1.0 - code[-1])
+    flat = np.pad(np.ravel(x), (0, 12 * block - x.size)).reshape(12, block)
+    absmax = np.abs(flat).max(axis=1, keepdims=True)
+    bound = half_gap * absmax + 1e-7
+    err = np.abs(np.pad(np.ravel(y - x), (0, 12 * block - x.size)).reshape(12, block))
+    assert np.all(err <= bound)
+    if not signed:
+        # Code-book values times absmax are fixed points, so re-quantizing is idempotent
+        # (for signed maps only if absmax came from a positive value: the map's most
+        # negative entry is -0.99 (8-bit) / -0.89 (4-bit), as in bitsandbytes).
+        q2 = optim.quantize_blockwise(y, bits=bits, signed=signed, block_size=block)
+        np.testing.assert_array_equal(np.asarray(q2.codes), np.asarray(q.codes))
+    rel = float(jnp.mean(jnp.abs(y - x)) / jnp.max(jnp.abs(x)))
+    assert rel < (0.004 if bits == 8 else 0.05), rel
+
+
+@pytest.fixture(scope="module")
+def resnet50_params():
+    model = models.create("resnet50", num_classes=10)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["params"])
+
+
+@pytest.mark.parametrize("bits,limit", [(32, 8.01), (8, 2.1), (4, 1.1)])
+def test_adam_state_bytes_per_parameter(resnet50_params, bits, limit):
+    """Sums the bytes of the real state arrays of Adam on ResNet-50 (23.5M parameters)."""
+    n = sum(p.size for p in jax.tree.leaves(resnet50_params))
+    inner = optax.adam(1e-3)
+    tx = inner if bits == 32 else optim.quantize_state(inner, bits=bits)
+    state = jax.jit(tx.init)(resnet50_params)
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(state))
+    per_param = optim.state_bytes(state) / n
+    assert per_param <= limit, per_param
+    if bits == 32:
+        assert per_param > 7.99
+
+
+@pytest.mark.parametrize("bits,use_jit", [(8, False), (8, True), (4, True)])
+def test_quantized_adam_follows_fp32_adam(bits, use_jit):
+    key = jax.random.key(0)
+    params = {"w": jax.random.normal(key, (64, 96)), "b": jnp.zeros(96)}
+    ref_tx, q_tx = optax.adam(1e-2), optim.quantize_state(optax.adam(1e-2), bits=bits)
+    ref_p, q_p = params, params
+    ref_s, q_s = ref_tx.init(params), q_tx.init(params)
+    ref_up = jax.jit(ref_tx.update) if use_jit else ref_tx.update
+    q_up = jax.jit(q_tx.update) if use_jit else q_tx.update
+    for i in range(5):
+        k = jax.random.fold_in(key, i)
+        g = jax.tree.map(lambda p, k=k: jax.random.normal(k, p.shape), params)
+        u, ref_s = ref_up(g, ref_s, ref_p)
+        ref_p = optax.apply_updates(ref_p, u)
+        u, q_s = q_up(g, q_s, q_p)
+        q_p = optax.apply_updates(q_p, u)
+    assert isinstance(q_s.inner[0].mu["w"], optim.QuantizedArray)
+    assert q_s.inner[0].mu["w"].signed and not q_s.inner[0].nu["w"].signed
+    chex.assert_trees_all_close(q_p["b"], ref_p["b"])  # small leaves stay float32
+    # Mean distance to fp32 Adam relative to the mean distance travelled, after 5 steps
+    # of pure-noise gradients (measured: 0.9% for 8 bits, 14% for 4 bits).
+    drift = float(jnp.mean(jnp.abs(q_p["w"] - ref_p["w"])))
+    moved = float(jnp.mean(jnp.abs(ref_p["w"] - params["w"])))
+    assert drift < (0.02 if bits == 8 else 0.25) * moved, (drift, moved)
+    assert np.all(np.isfinite(np.asarray(q_p["w"])))
