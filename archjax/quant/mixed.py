@@ -213,10 +213,15 @@ def sensitivities(
                 f"estimate them with hutchinson_trace(..., subset={weight!r})."
             )
     table = np.zeros((len(layers), len(cands)))
-    for i, name in enumerate(layers):
-        for j, cand in enumerate(cands):
-            err = sum(float(jnp.sum((cand.quantize(w) - w) ** 2)) for w in weights[name])
-            table[i, j] = per_layer[name] / counts[i] * err
+    for j, cand in enumerate(cands):
+        # One compiled program per candidate: all layers' squared errors at once.
+        errors = jax.jit(
+            lambda ws, q=cand.quantize: [
+                sum(jnp.sum((q(w) - w) ** 2) for w in group) for group in ws
+            ]
+        )([weights[name] for name in layers])
+        for i, name in enumerate(layers):
+            table[i, j] = per_layer[name] / counts[i] * float(errors[i])
     return SensitivityTable(layers, cands, table, counts)
 
 

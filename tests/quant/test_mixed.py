@@ -153,7 +153,8 @@ def test_candidates_from_callables():
     importlib.util.find_spec("archjax.quant.formats") is None, reason="needs the quant package"
 )
 def test_formats_are_candidates_and_plans_become_rules(mlp):
-    from archjax.quant import FloatFormat, IntFormat, match_rule
+    from archjax.quant.formats import FloatFormat, IntFormat
+    from archjax.quant.rules import match_rule
 
     params, _, _ = mlp
     formats = [IntFormat(bits=4), FloatFormat(exponent_bits=4, mantissa_bits=3), IntFormat(bits=8)]
