@@ -1,31 +1,37 @@
 """Hessian eigenvalues: power iteration, Lanczos and stochastic Lanczos quadrature.
 
-All three only need Hessian-vector products (:mod:`archjax.analysis.hessian`),
-run inside one ``jax.jit`` each, and take the same ``subset`` / ``stacked``
-arguments (a block of the Hessian; mini-batch vs full-data). Vectors are the
-selected leaves raveled into one flat array, so memory is
-``num_steps x num_params`` for Lanczos.
+All three only need Hessian-vector products (:mod:`archjax.analysis.hessian`,
+whose compiled product they share), and take the same ``subset`` / ``stacked``
+arguments (a block of the Hessian; mini-batch vs full-data). Each iteration is
+a compiled HVP plus a compiled update; the loop runs in Python (see the
+hessian module for why). Vectors are the selected leaves raveled into one flat
+array, so memory is ``num_steps x num_params`` for Lanczos.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from archjax.analysis.hessian import Batch, LossFn, Params, Selector, _make_hvp, _Split
+from archjax.analysis.hessian import Batch, LossFn, Params, Selector, _Operator
 
 
-def _flat_matvec(loss_fn, params, data, subset, stacked):
-    """The HVP as a map on flat vectors, plus the flat size and an unravel function."""
-    split = _Split(params, subset)
-    matvec = _make_hvp(loss_fn, split, data, stacked)
-    flat, unravel = ravel_pytree(split.selected)
-    return (lambda x: ravel_pytree(matvec(unravel(x)))[0]), flat.size, flat.dtype, split, unravel
+class _FlatOperator:
+    """The HVP on flat vectors of the selected leaves."""
+
+    def __init__(self, loss_fn, params, data, subset, stacked):
+        self.op = _Operator(loss_fn, params, data, subset, stacked)
+        flat, unravel = ravel_pytree(self.op.split.selected)
+        self.n, self.dtype = flat.size, flat.dtype
+        self.unravel = jax.jit(unravel)
+        self.ravel = jax.jit(lambda tree: ravel_pytree(tree)[0])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.ravel(self.op(self.unravel(x)))
 
 
 def _orthogonalize(basis: jax.Array, w: jax.Array) -> jax.Array:
@@ -34,40 +40,49 @@ def _orthogonalize(basis: jax.Array, w: jax.Array) -> jax.Array:
     return w - basis.T @ (basis @ w)
 
 
-def _lanczos(matvec, n, dtype, num_steps, key):
-    """``num_steps`` Lanczos steps with full reorthogonalization; returns (alphas, betas).
+@jax.jit
+def _lanczos_update(basis, j, v, hv, key):
+    """Stores ``v`` as row ``j``; returns the basis, alpha, beta and the next vector.
 
-    ``betas[j]`` couples steps ``j`` and ``j + 1``. On breakdown (an invariant
-    subspace was found) the next vector is a fresh random vector orthogonal to
-    the basis and the coupling is zero, so the Ritz values stay exact.
+    Full reorthogonalization against every stored row. On breakdown (an invariant
+    subspace was found) the next vector is a fresh random vector orthogonal to the
+    basis and beta is zero, so the Ritz values stay exact.
     """
+    dtype = basis.dtype
+    tiny = jnp.finfo(dtype).tiny
+    basis = basis.at[j].set(v)
+    alpha = jnp.vdot(v, hv)
+    w = _orthogonalize(basis, hv)
+    beta = jnp.linalg.norm(w)
+    fresh = _orthogonalize(basis, jax.random.rademacher(key, v.shape, dtype=dtype))
+    fresh = fresh / jnp.maximum(jnp.linalg.norm(fresh), tiny)
+    broke = beta <= 1e-5 * jnp.maximum(jnp.linalg.norm(hv), tiny)
+    v_next = jnp.where(broke, fresh, w / jnp.where(broke, 1.0, beta))
+    return basis, alpha, jnp.where(broke, 0.0, beta), v_next
+
+
+def _lanczos(matvec: _FlatOperator, num_steps: int, key: jax.Array) -> np.ndarray:
+    """``num_steps`` Lanczos steps with full reorthogonalization; the tridiagonal ``T``."""
+    n, dtype = matvec.n, matvec.dtype
     key, sub = jax.random.split(key)
-    v0 = jax.random.rademacher(sub, (n,), dtype=dtype)
+    v = jax.random.rademacher(sub, (n,), dtype=dtype) / np.sqrt(n)
     basis = jnp.zeros((num_steps, n), dtype)
-
-    def step(j, carry):
-        basis, alphas, betas, v, key = carry
-        basis = basis.at[j].set(v)
-        hv = matvec(v)
-        alpha = jnp.vdot(v, hv)
-        w = _orthogonalize(basis, hv)
-        beta = jnp.linalg.norm(w)
-        key, sub = jax.random.split(key)
-        fresh = _orthogonalize(basis, jax.random.rademacher(sub, (n,), dtype=dtype))
-        fresh = fresh / jnp.maximum(jnp.linalg.norm(fresh), jnp.finfo(dtype).tiny)
-        broke = beta <= 1e-5 * jnp.maximum(jnp.linalg.norm(hv), jnp.finfo(dtype).tiny)
-        v_next = jnp.where(broke, fresh, w / jnp.where(broke, 1.0, beta))
-        beta = jnp.where(broke, 0.0, beta)
-        return basis, alphas.at[j].set(alpha), betas.at[j].set(beta), v_next, key
-
-    init = (basis, jnp.zeros(num_steps, dtype), jnp.zeros(num_steps, dtype), v0 / jnp.sqrt(n), key)
-    _, alphas, betas, _, _ = jax.lax.fori_loop(0, num_steps, step, init)
-    return alphas, betas
+    alphas, betas = [], []
+    for j, k in enumerate(jax.random.split(key, num_steps)):
+        basis, alpha, beta, v = _lanczos_update(basis, j, v, matvec(v), k)
+        alphas.append(alpha)
+        betas.append(beta)
+    return _tridiagonal(np.asarray(alphas, np.float64), np.asarray(betas, np.float64))
 
 
-def _tridiagonal(alphas: jax.Array, betas: jax.Array) -> jax.Array:
+def _tridiagonal(alphas: np.ndarray, betas: np.ndarray) -> np.ndarray:
     off = betas[:-1]
-    return jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
+    return np.diag(alphas) + np.diag(off, 1) + np.diag(off, -1)
+
+
+@jax.jit
+def _normalize(v: jax.Array) -> jax.Array:
+    return v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(v.dtype).tiny)
 
 
 def _check_steps(num_steps: int, n: int) -> int:
@@ -76,7 +91,6 @@ def _check_steps(num_steps: int, n: int) -> int:
     return min(num_steps, n)
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "subset", "stacked", "num_iters"))
 def power_iteration(
     loss_fn: LossFn,
     params: Params,
@@ -98,7 +112,7 @@ def power_iteration(
       params: the point where the Hessian is taken.
       data: one batch, or stacked batches if ``stacked``.
       key: PRNG key of the starting vector.
-      num_iters: number of HVPs (fixed, so the loop compiles to one program).
+      num_iters: number of HVPs.
       subset: restrict to a block of the Hessian (see :mod:`archjax.analysis.hessian`).
       stacked: full-data Hessian over the leading batch axis of ``data``.
 
@@ -109,19 +123,14 @@ def power_iteration(
     Example:
       >>> lam, vec = power_iteration(loss_fn, params, batch, key=jax.random.key(0))
     """
-    matvec, n, dtype, split, unravel = _flat_matvec(loss_fn, params, data, subset, stacked)
-    v = jax.random.normal(key, (n,), dtype)
-    v = v / jnp.linalg.norm(v)
-
-    def body(_, v):
-        hv = matvec(v)
-        return hv / jnp.maximum(jnp.linalg.norm(hv), jnp.finfo(dtype).tiny)
-
-    v = jax.lax.fori_loop(0, num_iters, body, v)
-    return jnp.vdot(v, matvec(v)), split.full(unravel(v))
+    matvec = _FlatOperator(loss_fn, params, data, subset, stacked)
+    v = _normalize(jax.random.normal(key, (matvec.n,), matvec.dtype))
+    for _ in range(num_iters):
+        v = _normalize(matvec(v))
+    lam = jnp.vdot(v, matvec(v))
+    return lam, matvec.op.split.full(matvec.unravel(v))
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "subset", "stacked", "num_steps"))
 def lanczos_tridiagonal(
     loss_fn: LossFn,
     params: Params,
@@ -131,7 +140,7 @@ def lanczos_tridiagonal(
     num_steps: int,
     subset: Selector = None,
     stacked: bool = False,
-) -> jax.Array:
+) -> np.ndarray:
     """The ``num_steps x num_steps`` Lanczos tridiagonal matrix of the Hessian.
 
     Lanczos (1950) with full reorthogonalization (every new vector is orthogonalized
@@ -146,10 +155,10 @@ def lanczos_tridiagonal(
       num_steps: number of Lanczos steps (HVPs); capped at the number of parameters.
 
     Returns:
-      The symmetric tridiagonal matrix ``T``.
+      The symmetric tridiagonal matrix ``T`` (float64 numpy).
     """
-    matvec, n, dtype, _, _ = _flat_matvec(loss_fn, params, data, subset, stacked)
-    return _tridiagonal(*_lanczos(matvec, n, dtype, _check_steps(num_steps, n), key))
+    matvec = _FlatOperator(loss_fn, params, data, subset, stacked)
+    return _lanczos(matvec, _check_steps(num_steps, matvec.n), key)
 
 
 def top_eigenvalues(
@@ -220,21 +229,6 @@ class SpectralDensity:
         return float((self.weights * fn(self.nodes)).sum(axis=-1).mean())
 
 
-@functools.partial(
-    jax.jit, static_argnames=("loss_fn", "subset", "stacked", "num_steps", "num_runs")
-)
-def _slq(loss_fn, params, data, key, *, subset, stacked, num_steps, num_runs):
-    matvec, n, dtype, _, _ = _flat_matvec(loss_fn, params, data, subset, stacked)
-    num_steps = _check_steps(num_steps, n)
-
-    def run(k):
-        evals, evecs = jnp.linalg.eigh(_tridiagonal(*_lanczos(matvec, n, dtype, num_steps, k)))
-        return evals, evecs[0] ** 2
-
-    nodes, weights = jax.lax.map(run, jax.random.split(key, num_runs))
-    return nodes, weights, n
-
-
 def spectral_density(
     loss_fn: LossFn,
     params: Params,
@@ -269,14 +263,11 @@ def spectral_density(
     """
     if num_runs < 1:
         raise ValueError(f"num_runs must be >= 1, got {num_runs}.")
-    nodes, weights, n = _slq(
-        loss_fn,
-        params,
-        data,
-        key,
-        subset=subset,
-        stacked=stacked,
-        num_steps=num_steps,
-        num_runs=num_runs,
-    )
-    return SpectralDensity(np.asarray(nodes, np.float64), np.asarray(weights, np.float64), int(n))
+    matvec = _FlatOperator(loss_fn, params, data, subset, stacked)
+    num_steps = _check_steps(num_steps, matvec.n)
+    nodes, weights = [], []
+    for k in jax.random.split(key, num_runs):
+        evals, evecs = np.linalg.eigh(_lanczos(matvec, num_steps, k))
+        nodes.append(evals)
+        weights.append(evecs[0] ** 2)
+    return SpectralDensity(np.stack(nodes), np.stack(weights), matvec.n)
