@@ -161,11 +161,10 @@ class _Split:
         return self.treedef.unflatten(leaves)
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "subset", "stacked"))
-def _batch_hvp(loss_fn, params, data, index, vector, *, subset, stacked):
-    """``H_SS v`` on one batch (``data[index]`` if stacked), on lists of selected leaves."""
+@functools.partial(jax.jit, static_argnames=("loss_fn", "subset"))
+def _batch_hvp(loss_fn, params, batch, vector, *, subset):
+    """``H_SS v`` on one batch, on lists of the selected leaves."""
     split = _Split(params, subset)
-    batch = jax.tree.map(lambda x: x[index], data) if stacked else data
     grad = jax.grad(lambda sel: loss_fn(split.merge(sel), batch))
     return jax.jvp(grad, (split.selected,), (vector,))[1]
 
@@ -180,21 +179,50 @@ def _scale(a, factor):
     return jax.tree.map(lambda x: x * factor, a)
 
 
+@jax.jit
+def _ravel(leaves: list[jax.Array]) -> jax.Array:
+    return jnp.concatenate([jnp.ravel(x) for x in leaves])
+
+
+@functools.partial(jax.jit, static_argnames=("shapes",))
+def _unravel(flat: jax.Array, *, shapes: tuple[tuple[int, ...], ...]) -> list[jax.Array]:
+    sizes = [int(np.prod(s)) for s in shapes]
+    parts = jnp.split(flat, np.cumsum(sizes)[:-1])
+    return [p.reshape(s) for p, s in zip(parts, shapes, strict=True)]
+
+
 class _Operator:
-    """``v -> H_SS v`` on lists of the selected leaves, averaged over stacked batches."""
+    """``v -> H_SS v`` on lists of the selected leaves, averaged over stacked batches.
+
+    One compiled HVP per batch shape, so a mini-batch and a stack of such batches
+    share it, and so do all the algorithms of this package.
+    """
 
     def __init__(self, loss_fn: LossFn, params: Params, data: Batch, subset: Selector, stacked):
         self.split = _Split(params, subset)
-        self.args = (loss_fn, params, data)
-        self.kwargs = dict(subset=subset, stacked=stacked)
-        self.num_batches = jax.tree.leaves(data)[0].shape[0] if stacked else 1
+        self.loss_fn, self.params, self.subset = loss_fn, params, subset
+        if stacked:
+            n = jax.tree.leaves(data)[0].shape[0]
+            self.batches = [jax.tree.map(lambda x, b=b: x[b], data) for b in range(n)]
+        else:
+            self.batches = [data]
+        self.shapes = tuple(tuple(x.shape) for x in self.split.selected)
+        self.n = sum(int(np.prod(s)) for s in self.shapes)
+        self.dtype = self.split.selected[0].dtype
 
     def __call__(self, v: list[jax.Array]) -> list[jax.Array]:
         total = None
-        for b in range(self.num_batches):
-            hv = _batch_hvp(*self.args, b, v, **self.kwargs)
+        for batch in self.batches:
+            hv = _batch_hvp(self.loss_fn, self.params, batch, v, subset=self.subset)
             total = hv if total is None else _add(total, hv)
-        return total if self.num_batches == 1 else _scale(total, 1.0 / self.num_batches)
+        return total if len(self.batches) == 1 else _scale(total, 1.0 / len(self.batches))
+
+    def flat(self, x: jax.Array) -> jax.Array:
+        """The product on flat vectors (the selected leaves raveled in leaf order)."""
+        return _ravel(self(self.unravel(x)))
+
+    def unravel(self, x: jax.Array) -> list[jax.Array]:
+        return _unravel(x, shapes=self.shapes)
 
 
 def hvp(
@@ -230,13 +258,6 @@ def hvp(
     return op.split.full(op([leaves[i] for i in op.split.index]))
 
 
-def _rademacher_like(key: jax.Array, leaves: Sequence[jax.Array]) -> list[jax.Array]:
-    keys = jax.random.split(key, len(leaves))
-    return [
-        jax.random.rademacher(k, x.shape, dtype=x.dtype) for k, x in zip(keys, leaves, strict=True)
-    ]
-
-
 @dataclasses.dataclass(frozen=True)
 class TraceEstimate:
     """A Hutchinson estimate of the trace, in total and per layer.
@@ -259,14 +280,16 @@ class TraceEstimate:
     samples: np.ndarray
 
 
+@functools.partial(jax.jit, static_argnames=("n", "dtype"))
+def _probe(key, *, n, dtype):
+    """A flat Rademacher probe (one random-number program whatever the number of leaves)."""
+    return jax.random.rademacher(key, (n,), dtype=dtype)
+
+
 @functools.partial(jax.jit, static_argnames=("num_groups",))
-def _rademacher_and_dots(key, leaves, hv, groups, *, num_groups):
-    """Per-group ``v_l . (H v)_l`` for the probe drawn from ``key`` (``hv=None``: the probe)."""
-    v = _rademacher_like(key, leaves)
-    if hv is None:
-        return v
-    dots = jnp.stack([jnp.vdot(a, b) for a, b in zip(v, hv, strict=True)])
-    return jnp.zeros(num_groups, dots.dtype).at[groups].add(dots)
+def _group_dots(v, hv, segments, *, num_groups):
+    """Per-group sums of ``v * hv`` (``segments`` gives each flat entry's group)."""
+    return jax.ops.segment_sum(v * hv, segments, num_segments=num_groups)
 
 
 def hutchinson_trace(
@@ -318,13 +341,11 @@ def hutchinson_trace(
         groups.append(layers.index(name))
         counts[name] = counts.get(name, 0) + int(np.prod(leaf.shape))
     op = _Operator(loss_fn, params, data, subset, stacked)
-    groups_arr = jnp.asarray(groups)
+    segments = jnp.asarray(np.repeat(groups, [int(np.prod(s)) for s in op.shapes]), dtype=jnp.int32)
     rows = []
     for k in jax.random.split(key, num_probes):
-        v = _rademacher_and_dots(k, split.selected, None, groups_arr, num_groups=len(layers))
-        rows.append(
-            _rademacher_and_dots(k, split.selected, op(v), groups_arr, num_groups=len(layers))
-        )
+        v = _probe(k, n=op.n, dtype=op.dtype)
+        rows.append(_group_dots(v, op.flat(v), segments, num_groups=len(layers)))
     samples = np.asarray(jnp.stack(rows), dtype=np.float64)
     totals = samples.sum(axis=1)
     se = samples.std(axis=0, ddof=1) / np.sqrt(num_probes)

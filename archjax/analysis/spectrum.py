@@ -15,7 +15,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from archjax.analysis.hessian import Batch, LossFn, Params, Selector, _Operator
 
@@ -25,13 +24,10 @@ class _FlatOperator:
 
     def __init__(self, loss_fn, params, data, subset, stacked):
         self.op = _Operator(loss_fn, params, data, subset, stacked)
-        flat, unravel = ravel_pytree(self.op.split.selected)
-        self.n, self.dtype = flat.size, flat.dtype
-        self.unravel = jax.jit(unravel)
-        self.ravel = jax.jit(lambda tree: ravel_pytree(tree)[0])
+        self.n, self.dtype, self.unravel = self.op.n, self.op.dtype, self.op.unravel
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.ravel(self.op(self.unravel(x)))
+        return self.op.flat(x)
 
 
 def _orthogonalize(basis: jax.Array, w: jax.Array) -> jax.Array:
