@@ -191,6 +191,15 @@ def _unravel(flat: jax.Array, *, shapes: tuple[tuple[int, ...], ...]) -> list[ja
     return [p.reshape(s) for p, s in zip(parts, shapes, strict=True)]
 
 
+def _take(x: Any, b: int) -> Any:
+    """``x[b]``, sharded like one batch, so that it hits the same compiled HVP as one."""
+    y = x[b]
+    sharding = getattr(x, "sharding", None)
+    if isinstance(sharding, NamedSharding) and sharding.spec and sharding.spec[0] is None:
+        y = jax.device_put(y, NamedSharding(sharding.mesh, PartitionSpec(*sharding.spec[1:])))
+    return y
+
+
 class _Operator:
     """``v -> H_SS v`` on lists of the selected leaves, averaged over stacked batches.
 
@@ -203,7 +212,7 @@ class _Operator:
         self.loss_fn, self.params, self.subset = loss_fn, params, subset
         if stacked:
             n = jax.tree.leaves(data)[0].shape[0]
-            self.batches = [jax.tree.map(lambda x, b=b: x[b], data) for b in range(n)]
+            self.batches = [jax.tree.map(lambda x, b=b: _take(x, b), data) for b in range(n)]
         else:
             self.batches = [data]
         self.shapes = tuple(tuple(x.shape) for x in self.split.selected)
@@ -219,6 +228,11 @@ class _Operator:
 
     def flat(self, x: jax.Array) -> jax.Array:
         """The product on flat vectors (the selected leaves raveled in leaf order)."""
+        # Flat vectors live where the parameters do: a vector fresh from the RNG (one
+        # device) and one computed from HVPs (all devices) would compile two HVPs.
+        sharding = getattr(self.split.selected[0], "sharding", None)
+        if sharding is not None and sharding.is_fully_replicated:
+            x = jax.device_put(x, sharding)
         return _ravel(self(self.unravel(x)))
 
     def unravel(self, x: jax.Array) -> list[jax.Array]:
