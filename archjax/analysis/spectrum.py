@@ -65,7 +65,10 @@ def _lanczos(matvec: _FlatOperator, num_steps: int, key: jax.Array) -> np.ndarra
     basis = jnp.zeros((num_steps, n), dtype)
     alphas, betas = [], []
     for j, k in enumerate(jax.random.split(key, num_steps)):
-        basis, alpha, beta, v = _lanczos_update(basis, j, v, matvec(v), k)
+        hv = matvec(v)
+        if j == 0:  # place the basis like the HVPs, so that every step hits one program
+            basis, v = jax.device_put((basis, v), hv.sharding)
+        basis, alpha, beta, v = _lanczos_update(basis, j, v, hv, k)
         alphas.append(alpha)
         betas.append(beta)
     return _tridiagonal(np.asarray(alphas, np.float64), np.asarray(betas, np.float64))
