@@ -3,8 +3,8 @@
 HVPs are forward-over-reverse products over parameter pytrees, optionally
 restricted to a subset of leaves; on top of them: Hutchinson traces per layer
 (HAWQ-V2), power iteration and Lanczos for the top eigenvalues, and stochastic
-Lanczos quadrature for the spectral density. All are jit-compiled and run
-data-parallel on a batch sharded over the mesh.
+Lanczos quadrature for the spectral density. Each HVP is one compiled program,
+shared by all of them, and runs data-parallel on a batch sharded over the mesh.
 """
 
 from archjax.analysis.hessian import (
