@@ -178,7 +178,7 @@ def _plot(rows: list[dict[str, Any]], path: str) -> None:
         xlabel="weight storage (kB)",
         ylabel="test accuracy",
         xscale="log",
-        title="ResNet-20 on digits, weight-only PTQ: uniform vs HAWQ-V2 mixed",
+        title="ResNet-20, digits, weight-only PTQ: uniform vs HAWQ-V2",
     )
     ax.grid(alpha=0.3)
     ax.legend()
