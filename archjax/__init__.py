@@ -4,11 +4,23 @@ Subpackages: :mod:`archjax.models` (model families and the name registry),
 :mod:`archjax.layers` (normalization, standardized convs, initializers),
 :mod:`archjax.data` (embedded datasets, TFDS, grain pipelines), :mod:`archjax.train`
 (state and pure steps), :mod:`archjax.optim` (optimizer presets),
-:mod:`archjax.parallel` (meshes, shardings) and :mod:`archjax.checkpoint` (Orbax).
+:mod:`archjax.parallel` (meshes, sharding rules, multi-process), :mod:`archjax.quant`
+(quantization formats, the model transform, PTQ, cost model, mixed precision),
+:mod:`archjax.analysis` (Hessian tools) and :mod:`archjax.checkpoint` (Orbax).
 """
 
-from archjax import checkpoint, data, layers, models, optim, parallel, train
+from archjax import analysis, checkpoint, data, layers, models, optim, parallel, quant, train
 
 __version__ = "0.1.0"
 
-__all__ = ["checkpoint", "data", "layers", "models", "optim", "parallel", "train"]
+__all__ = [
+    "analysis",
+    "checkpoint",
+    "data",
+    "layers",
+    "models",
+    "optim",
+    "parallel",
+    "quant",
+    "train",
+]

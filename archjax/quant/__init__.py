@@ -1,5 +1,6 @@
 """Quantization: number formats, fake quantization with STE gradients, calibration,
-learned scales (LSQ, PACT), the model transform and its cost model.
+learned scales (LSQ, PACT), the model transform, its cost model and the
+Hessian-aware mixed-precision search.
 
 ``quantize(model, rules)`` is the model transform; the tensor-level codes function
 ``archjax.quant.numerics.quantize`` is exported as ``quantize_codes``.
@@ -8,7 +9,7 @@ Numerics (formats, calibration, numerics, learned, cost) and the transform
 (rules, transform, ptq, native, export) are separate modules; this file exports both.
 """
 
-# --- numerics (helper N) ---
+# --- numerics ---
 from archjax.quant.calibration import CALIBRATION_METHODS, QParams, calibrate
 from archjax.quant.cost import CostReport, LayerCost, report
 from archjax.quant.formats import (
@@ -23,10 +24,23 @@ from archjax.quant.formats import (
     TernaryFormat,
 )
 from archjax.quant.learned import lsq_fake_quant, pact
+
+# --- mixed precision (HAWQ-V2 sensitivities, budgeted allocation) ---
+from archjax.quant.mixed import (
+    Candidate,
+    LayerChoice,
+    MixedPrecisionPlan,
+    SensitivityTable,
+    allocate,
+    as_candidate,
+    sensitivities,
+    to_quant_rules,
+    uniform_int,
+)
 from archjax.quant.numerics import STE_VARIANTS, dequantize, fake_quant
 from archjax.quant.numerics import quantize as quantize_codes  # name taken by the transform
 
-# --- transform (helper T) ---
+# --- transform ---
 from archjax.quant.ptq import calibrate_model, fold_batchnorm, reestimate_batch_stats
 from archjax.quant.rules import QuantRule, first_last_rules, match_rule
 from archjax.quant.transform import (
@@ -39,7 +53,17 @@ from archjax.quant.transform import (
 )
 
 __all__ = [
-    # --- numerics (helper N) ---
+    # --- mixed precision ---
+    "Candidate",
+    "LayerChoice",
+    "MixedPrecisionPlan",
+    "SensitivityTable",
+    "allocate",
+    "as_candidate",
+    "sensitivities",
+    "to_quant_rules",
+    "uniform_int",
+    # --- numerics ---
     "CALIBRATION_METHODS",
     "STE_VARIANTS",
     "BinaryFormat",
@@ -61,7 +85,7 @@ __all__ = [
     "pact",
     "quantize_codes",
     "report",
-    # --- transform (helper T) ---
+    # --- transform ---
     "QUANT_STATS",
     "QuantRule",
     "calibrate_model",
