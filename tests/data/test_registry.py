@@ -14,6 +14,8 @@ def test_public_names():
         "eval_batches",
         "get_dataset",
         "list_datasets",
+        "rand_augment",
+        "rand_augment_normalized",
         "train_iterator",
     }
 
