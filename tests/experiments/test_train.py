@@ -163,7 +163,7 @@ def test_cli_unknown_config_key_names_it(tmp_path):
     [
         (dict(model="resnet21"), r"Unknown model 'resnet21' \(config.model\).*resnet20"),
         (dict(dataset="digitz"), r"Unknown dataset 'digitz' \(config.dataset\).*digits.*shapes"),
-        (dict(optimizer="adamm"), r"Unknown optimizer 'adamm'.*adamw, sgd"),
+        (dict(optimizer="adamm"), r"Unknown optimizer 'adamm'.*adamw, lamb, lars, novograd, sgd"),
         (dict(num_steps=0), r"config.num_steps must be a positive integer"),
         (
             dict(batch_size=12, num_devices=None),
