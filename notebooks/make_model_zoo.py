@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pathlib
 
-import nbformat
+import nbbuild  # notebooks/nbbuild.py (this script's directory is on sys.path)
 
 OUTPUT = pathlib.Path(__file__).with_name("02_model_zoo.ipynb")
 
@@ -122,19 +122,9 @@ assert all(r[1] > r[2] for r in rows)  # shortcut projections add parameters""",
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    """The notebook, with fixed cell ids and no outputs."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata = {
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-    }
-    for cell_id, kind, source in CELLS:
-        make = nbformat.v4.new_markdown_cell if kind == "markdown" else nbformat.v4.new_code_cell
-        nb.cells.append(make(source, id=cell_id))
-    return nb
+def main() -> None:
+    nbbuild.write(CELLS, OUTPUT)
 
 
 if __name__ == "__main__":
-    nbformat.write(build(), OUTPUT)
-    print(f"wrote {OUTPUT}")
+    main()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pathlib
 
-import nbformat
+import nbbuild  # notebooks/nbbuild.py (this script's directory is on sys.path)
 
 OUTPUT = pathlib.Path(__file__).with_name("03_quantization.ipynb")
 
@@ -148,22 +148,8 @@ print("size / float size:", {k: round(s / float_size, 3) for k, (s, _) in result
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    """Returns the notebook, cells without outputs or execution counts."""
-    new = {"markdown": nbformat.v4.new_markdown_cell, "code": nbformat.v4.new_code_cell}
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [new[kind](source, id=cell_id) for cell_id, kind, source in CELLS]
-    nb.metadata = {
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-    }
-    nbformat.validate(nb)
-    return nb
-
-
 def main() -> None:
-    nbformat.write(build(), OUTPUT)
-    print(f"Wrote {OUTPUT}")
+    nbbuild.write(CELLS, OUTPUT)
 
 
 if __name__ == "__main__":
