@@ -93,6 +93,14 @@ def create_recipe(config: ml_collections.ConfigDict, ds: data.Dataset) -> T.Reci
     )
 
 
+def datasets(config: ml_collections.ConfigDict) -> tuple[data.Dataset, data.Dataset]:
+    """The train and test splits that ``config`` names."""
+    data_kw = dict(config.dataset_kwargs.to_dict(), image_size=config.image_size)
+    train_ds = data.get_dataset(config.dataset, "train", data_dir=config.data_dir, **data_kw)
+    test_ds = data.get_dataset(config.dataset, "test", data_dir=config.data_dir, **data_kw)
+    return train_ds, test_ds
+
+
 def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
     """Knobs for ``models.create``: ``model_kwargs`` plus precision and regularization rates."""
     kw = {"num_classes": num_classes, **config.model_kwargs.to_dict()}
@@ -176,9 +184,7 @@ def train_and_evaluate(
     os.makedirs(workdir, exist_ok=True)
     config_utils.check_or_write(config, workdir, resumable_keys=RESUMABLE_KEYS)
 
-    data_kw = dict(config.dataset_kwargs.to_dict(), image_size=config.image_size)
-    train_ds = data.get_dataset(config.dataset, "train", data_dir=config.data_dir, **data_kw)
-    test_ds = data.get_dataset(config.dataset, "test", data_dir=config.data_dir, **data_kw)
+    train_ds, test_ds = datasets(config)
     model = models.create(config.model, **model_kwargs(config, train_ds.num_classes))
     if wrap_model is not None:
         model = wrap_model(model)

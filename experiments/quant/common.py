@@ -52,11 +52,7 @@ def base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return base
 
 
-def datasets(config: ml_collections.ConfigDict):
-    data_kw = dict(config.dataset_kwargs.to_dict(), image_size=config.image_size)
-    train_ds = data.get_dataset(config.dataset, "train", data_dir=config.data_dir, **data_kw)
-    test_ds = data.get_dataset(config.dataset, "test", data_dir=config.data_dir, **data_kw)
-    return train_ds, test_ds
+datasets = main_job.datasets  # the main job's splits, so scripts and main job agree
 
 
 def final_variables(config: ml_collections.ConfigDict, workdir: str, model) -> dict[str, Any]:
@@ -88,4 +84,5 @@ def train_batches(config: ml_collections.ConfigDict, ds, n: int):
 
 
 def model_for(config: ml_collections.ConfigDict, ds):
-    return models.create(config.model, num_classes=ds.num_classes, **config.model_kwargs.to_dict())
+    """The float model the main job trains for ``config`` (same knobs, precision included)."""
+    return models.create(config.model, **main_job.model_kwargs(config, ds.num_classes))
