@@ -28,14 +28,21 @@ import jax.numpy as jnp
 GradFn = Callable[[Any, dict, jax.Array], tuple[tuple[jax.Array, Any], Any]]
 
 
-def split_batch(batch: dict, k: int) -> dict:
-    """Reshapes every ``[B, ...]`` array of ``batch`` to ``[k, B // k, ...]``."""
+def split_batch(
+    batch: dict,
+    k: int,
+    *,
+    parts: str = "micro-batches (config.microbatches / sam_groups must divide the batch size)",
+) -> dict:
+    """Reshapes every ``[B, ...]`` array of ``batch`` to ``[k, B // k, ...]``.
+
+    ``parts`` names the pieces in the error raised when ``k`` does not divide ``B``.
+    """
 
     def split(x):
         if x.shape[0] % k:
             raise ValueError(
-                f"Batch of {x.shape[0]} examples cannot be split into {k} equal micro-batches "
-                "(config.microbatches / sam_groups must divide the batch size)."
+                f"Batch of {x.shape[0]} examples cannot be split into {k} equal {parts}."
             )
         return x.reshape(k, x.shape[0] // k, *x.shape[1:])
 

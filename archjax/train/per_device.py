@@ -28,6 +28,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec
 
 from archjax.parallel import batch_axes, cross_replica_batch_norm
+from archjax.train import accumulate
 from archjax.train.state import TrainState
 from archjax.train.step import Batch, Metrics, make_train_step
 
@@ -158,18 +159,10 @@ def unreplicate(tree: Any) -> Any:
 
 
 def split_batch(batch: Any, num_devices: int) -> Any:
-    """Reshapes ``[B, ...]`` leaves to ``[num_devices, B // num_devices, ...]``.
+    """Reshapes ``[B, ...]`` leaves to host arrays ``[num_devices, B // num_devices, ...]``.
 
     Raises:
       ValueError: ``B`` is not divisible by ``num_devices``.
     """
-
-    def split(x):
-        x = np.asarray(x)
-        if x.shape[0] % num_devices:
-            raise ValueError(
-                f"Batch size {x.shape[0]} is not divisible by {num_devices} devices (pmap)."
-            )
-        return x.reshape(num_devices, x.shape[0] // num_devices, *x.shape[1:])
-
-    return jax.tree.map(split, batch)
+    host = jax.tree.map(np.asarray, batch)
+    return accumulate.split_batch(host, num_devices, parts="per-device batches (pmap)")
