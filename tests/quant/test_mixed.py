@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import re
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from archjax import analysis
-from archjax.quant import mixed
+from archjax.quant import FloatFormat, IntFormat, match_rule, mixed
 
 
 def _brute_force(values, costs, budget):
@@ -149,13 +148,7 @@ def test_candidates_from_callables():
         mixed.Candidate(name="x", bits=0, quantize=int3)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("archjax.quant.formats") is None, reason="needs the quant package"
-)
 def test_formats_are_candidates_and_plans_become_rules(mlp):
-    from archjax.quant.formats import FloatFormat, IntFormat
-    from archjax.quant.rules import match_rule
-
     params, _, _ = mlp
     formats = [IntFormat(bits=4), FloatFormat(exponent_bits=4, mantissa_bits=3), IntFormat(bits=8)]
     table = mixed.sensitivities(params, {"Dense_0": 3.0, "Dense_1": 50.0}, formats)
