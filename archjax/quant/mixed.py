@@ -27,6 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from archjax.analysis.hessian import TraceEstimate, module_path, param_paths
+from archjax.quant.calibration import calibrate
+from archjax.quant.formats import IntFormat, PerChannel
+from archjax.quant.numerics import fake_quant
+from archjax.quant.rules import QuantRule
 
 METHODS = ("auto", "milp", "dp", "greedy")
 # Above this many layers "auto" uses the greedy allocation instead of the integer program.
@@ -55,27 +59,19 @@ class Candidate:
             raise ValueError(f"Candidate.bits must be a positive integer, got {self.bits!r}.")
 
 
-def _int_fake_quant(w: jax.Array, bits: int) -> jax.Array:
-    """Symmetric absmax fake quantization, one scale per output channel (last axis)."""
-    qmax = 2 ** (bits - 1) - 1
-    axes = tuple(range(w.ndim - 1))
-    absmax = jnp.max(jnp.abs(w), axis=axes, keepdims=True) if w.ndim > 1 else jnp.max(jnp.abs(w))
-    scale = jnp.where(absmax > 0, absmax / qmax, 1.0)
-    return (jnp.clip(jnp.round(w / scale), -qmax, qmax) * scale).astype(w.dtype)
-
-
 def uniform_int(bits: int) -> Candidate:
     """A symmetric per-output-channel absmax integer candidate (``bits >= 2``).
 
-    Self-contained (no ``archjax.quant`` formats needed); ``IntFormat`` objects of the
-    quantization package are candidates too, see :func:`as_candidate`.
+    Quantizes like ``as_candidate(IntFormat(bits=bits))`` but carries no format, so it is
+    for sensitivity studies, not :func:`to_quant_rules`; any ``archjax.quant`` format is a
+    candidate through :func:`as_candidate`.
 
     Example:
       >>> candidates = [uniform_int(b) for b in (2, 4, 8)]
     """
     if not isinstance(bits, int) or not 2 <= bits <= 16:
         raise ValueError(f"uniform_int bits must be an integer in [2, 16], got {bits!r}.")
-    return Candidate(name=f"int{bits}", bits=bits, quantize=lambda w: _int_fake_quant(w, bits))
+    return Candidate(name=f"int{bits}", bits=bits, quantize=_format_quantizer(IntFormat(bits=bits)))
 
 
 def _format_quantizer(fmt: Any) -> Callable[[jax.Array], jax.Array]:
@@ -83,15 +79,6 @@ def _format_quantizer(fmt: Any) -> Callable[[jax.Array], jax.Array]:
 
     The defaults of ``QuantRule`` (``PerChannel(-1)``, ``"absmax"``); 1-D weights per tensor.
     """
-    try:
-        from archjax.quant.calibration import calibrate
-        from archjax.quant.formats import PerChannel
-        from archjax.quant.numerics import fake_quant
-    except ImportError as e:
-        raise ValueError(
-            f"{fmt!r} has .bits but no quantize function, and archjax.quant's numerics are not "
-            "importable; wrap it as Candidate(name=..., bits=..., quantize=...)."
-        ) from e
 
     def quantize(w: jax.Array) -> jax.Array:
         if w.ndim < 2:
@@ -334,12 +321,6 @@ def to_quant_rules(plan: MixedPrecisionPlan, **rule_kwargs: Any) -> list[Any]:
     Returns:
       A list of ``QuantRule`` in layer order, ready for ``archjax.quant.quantize``.
     """
-    try:
-        from archjax.quant.rules import QuantRule
-    except ImportError as e:
-        raise ValueError(
-            "to_quant_rules needs archjax.quant.rules (the quantization package)."
-        ) from e
     bare = [c.path for c in plan.choices if c.candidate.format is None]
     if bare:
         raise ValueError(

@@ -3,8 +3,8 @@ r"""Hessian-aware mixed precision (HAWQ-V2) vs uniform weight bits at equal size
   python -m experiments.quant.mixed_precision
   python -m experiments.quant.mixed_precision --config.quant.budgets=8,4,3 --workdir=runs/mp
 
-Needs the quantization package (issue 4: ``archjax.quant`` formats, rules, transform,
-``experiments/quant/common.py``). Steps:
+Uses ``archjax.quant`` (formats, rules, transform, ``mixed``), ``archjax.analysis`` and
+``experiments/quant/common.py``. Steps:
 
 1. train (or reuse) the main job's float ResNet-20 in ``<workdir>/float``;
 2. Hutchinson traces of each conv/dense kernel's Hessian block, full-data estimate
