@@ -117,6 +117,10 @@ def _dense(features: int, name: str, *, sigma_reparam: bool, train: bool, dtype)
     return nn.Dense(features, dtype=dtype, kernel_init=trunc_normal, name=name)
 
 
+# Attention kernels accepted by ``attention_impl``.
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused ``qkv`` projection; sows its mean entropy."""
 
@@ -125,9 +129,14 @@ class Attention(nn.Module):
     dropout_rate: float = 0.0
     sigma_reparam: bool = False
     dtype: Any = jnp.float32
+    attention_impl: str = "einsum"
 
     @nn.compact
     def __call__(self, x, *, train: bool):
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}."
+            )
         b, n, d = x.shape
         dense = functools.partial(
             _dense, sigma_reparam=self.sigma_reparam, train=train, dtype=self.dtype
@@ -135,6 +144,13 @@ class Attention(nn.Module):
         # Output layout [3, heads, head_dim], as timm's reshape of its fused qkv.
         qkv = dense(3 * d, "qkv")(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        fused = self.attention_impl != "einsum" and not (
+            # The entropy probe and attention dropout need the probabilities themselves.
+            self.is_mutable_collection("intermediates") or (train and self.attention_dropout_rate)
+        )
+        if fused:
+            y = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+            return self._project(y.reshape(b, n, d), dense, train)
         q = q * (d // self.num_heads) ** -0.5
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
         # Softmax in float32 so that bf16 compute keeps a normalized distribution.
@@ -144,7 +160,10 @@ class Attention(nn.Module):
         self.sow("intermediates", "attention_entropy", jnp.mean(entropy))
         probs = nn.Dropout(self.attention_dropout_rate, deterministic=not train)(probs)
         y = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v).reshape(b, n, d)
-        y = dense(d, "proj")(y)
+        return self._project(y, dense, train)
+
+    def _project(self, y, dense, train: bool):
+        y = dense(y.shape[-1], "proj")(y)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(y)
 
 
@@ -187,6 +206,7 @@ class Block(nn.Module):
     drop_path_rate: float = 0.0
     sigma_reparam: bool = False
     dtype: Any = jnp.float32
+    attention_impl: str = "einsum"
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -198,6 +218,7 @@ class Block(nn.Module):
             self.dropout_rate,
             self.sigma_reparam,
             self.dtype,
+            attention_impl=self.attention_impl,
             name="attn",
         )(norm(name="norm1")(x), train=train)
         x = x + drop_path(y, train=train)
@@ -230,6 +251,11 @@ class ViT(nn.Module):
       drop_path_rate: stochastic depth, rising linearly to this rate at the last block.
       sigma_reparam: σReparam on every Dense layer of the blocks (Zhai et al. 2023).
       dtype: computation dtype; parameters are kept in float32, logits are float32.
+      attention_impl: ``"einsum"`` (explicit softmax in float32) or a
+        ``jax.nn.dot_product_attention`` implementation: ``"xla"``, or ``"cudnn"``
+        (fused flash attention on NVIDIA GPUs, bf16/fp16 only). The fused kernels
+        fall back to the einsum path when the entropy probe is collected or attention
+        dropout is on, since both need the probabilities.
     """
 
     depth: int = 12
@@ -245,6 +271,7 @@ class ViT(nn.Module):
     drop_path_rate: float = 0.0
     sigma_reparam: bool = False
     dtype: Any = jnp.float32
+    attention_impl: str = "einsum"
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
@@ -273,6 +300,7 @@ class ViT(nn.Module):
                 self.drop_path_rate * i / max(1, self.depth - 1),
                 self.sigma_reparam,
                 self.dtype,
+                attention_impl=self.attention_impl,
                 name=f"block{i}",
             )(x, train=train)
         x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")(x)

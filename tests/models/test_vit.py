@@ -167,3 +167,21 @@ def test_bfloat16_compute_keeps_fp32_params():
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
     out = jax.eval_shape(lambda v: model.apply(v, X, train=False), variables)
     assert out.dtype == jnp.float32
+
+
+def test_fused_attention_equals_einsum_and_keeps_the_entropy_probe(plain):
+    """``attention_impl="xla"`` (jax.nn.dot_product_attention) computes the einsum path's
+    logits; collecting the entropy probe falls back to the explicit softmax."""
+    _, variables = plain
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    einsum = models.create("vit_tiny_patch16_224", **TINY)
+    fused = models.create("vit_tiny_patch16_224", attention_impl="xla", **TINY)
+    np.testing.assert_allclose(
+        fused.apply(variables, x), einsum.apply(variables, x), rtol=1e-5, atol=1e-5
+    )
+    _, probed = fused.apply(variables, x, mutable=["intermediates"])
+    assert attention_entropies(probed["intermediates"]).shape == (TINY["depth"],)
+    with pytest.raises(ValueError, match="attention_impl='flash' is not one of"):
+        models.create("vit_tiny_patch16_224", attention_impl="flash", **TINY).init(
+            jax.random.key(0), x
+        )
