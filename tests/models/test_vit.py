@@ -185,3 +185,20 @@ def test_fused_attention_equals_einsum_and_keeps_the_entropy_probe(plain):
         models.create("vit_tiny_patch16_224", attention_impl="flash", **TINY).init(
             jax.random.key(0), x
         )
+
+
+def test_padded_attention_equals_unpadded_with_gradients():
+    """The cuDNN path pads tokens to a multiple of 8 and masks them: values and gradients
+    equal the unpadded attention (checked with the XLA implementation on CPU)."""
+    from archjax.models.vit import padded_attention
+
+    q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 13, 2, 8))
+
+    def loss(q, k, v, multiple):
+        y = padded_attention(q, k, v, implementation="xla", multiple=multiple)
+        return jnp.sum(jnp.sin(y)), y
+
+    (l1, y1), g1 = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v, 1)
+    (l8, y8), g8 = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v, 8)
+    assert y8.shape == y1.shape == (2, 13, 2, 8)
+    chex.assert_trees_all_close((l8, y8, g8), (l1, y1, g1), rtol=1e-5, atol=1e-6)
