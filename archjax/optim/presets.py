@@ -10,6 +10,7 @@ al., "Accurate, Large Minibatch SGD" (2017).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import jax
@@ -19,6 +20,17 @@ from archjax.optim.clipping import CLASSIFIER_PATTERN, agc, spike_clip
 from archjax.optim.ema import ema_params
 from archjax.optim.quantized_state import quantize_state
 from archjax.optim.schedules import _unknown, create_schedule
+
+
+def _ignored_nesterov(name: str, nesterov: bool) -> None:
+    """Nesterov momentum exists only for sgd and lars; say so instead of dropping it."""
+    if nesterov:
+        warnings.warn(
+            f"nesterov=True has no effect with optimizer {name!r} (only sgd and lars use "
+            "Nesterov momentum); set nesterov=False to silence this.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def decay_mask(params):
@@ -34,7 +46,7 @@ def _sgd(schedule, *, momentum: float, weight_decay: float, nesterov: bool = Fal
 
 
 def _adamw(schedule, *, momentum: float, weight_decay: float, nesterov: bool = False):
-    del nesterov
+    _ignored_nesterov("adamw", nesterov)
     return optax.adamw(schedule, b1=momentum, weight_decay=weight_decay, mask=decay_mask)
 
 
@@ -54,15 +66,15 @@ def _lars(schedule, *, momentum: float, weight_decay: float, nesterov: bool = Fa
 
 
 def _lamb(schedule, *, momentum: float, weight_decay: float, nesterov: bool = False):
+    _ignored_nesterov("lamb", nesterov)
     # You et al., "Large Batch Optimization for Deep Learning" (2020): ratio ||w|| / ||r||.
-    del nesterov
     return optax.lamb(schedule, b1=momentum, weight_decay=weight_decay, mask=decay_mask)
 
 
 def _novograd(schedule, *, momentum: float, weight_decay: float, nesterov: bool = False):
+    _ignored_nesterov("novograd", nesterov)
     # Ginsburg et al. (2019). optax adds the decay inside the layer-wise moment with no
     # mask; the moments are per leaf, so splitting leaves in two groups is exact.
-    del nesterov
     labels = lambda params: jax.tree.map(lambda d: "decay" if d else "no_decay", decay_mask(params))  # noqa: E731
     return optax.multi_transform(
         {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import warnings
 from collections.abc import Sequence
 
 import optax
@@ -29,7 +30,14 @@ def warmup_cosine(
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
-    warmup_steps = min(warmup_steps, num_steps - 1)
+    if warmup_steps > num_steps - 1:
+        warnings.warn(
+            f"warmup_steps={warmup_steps} >= num_steps={num_steps}: the warmup is cut to "
+            f"{num_steps - 1} steps so that the cosine decay has at least one step.",
+            UserWarning,
+            stacklevel=2,
+        )
+        warmup_steps = num_steps - 1
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=learning_rate,

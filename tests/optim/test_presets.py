@@ -45,3 +45,17 @@ def test_presets_update_under_jit_and_decay_only_matrices(name):
     assert np.all(np.asarray(updates["w"]) < 0)
     new = optax.apply_updates(params, updates)
     assert np.all(np.asarray(new["w"]) < 1.0)
+
+
+@pytest.mark.parametrize("name", ["adamw", "lamb", "novograd"])
+def test_nesterov_without_effect_warns(name, recwarn):
+    optim.create_optimizer(name, learning_rate=0.1, num_steps=10, nesterov=False)
+    assert not [w for w in recwarn if "nesterov" in str(w.message)]
+    with pytest.warns(UserWarning, match=rf"nesterov=True has no effect with optimizer '{name}'"):
+        optim.create_optimizer(name, learning_rate=0.1, num_steps=10, nesterov=True)
+
+
+def test_warmup_longer_than_the_run_warns_and_is_cut():
+    with pytest.warns(UserWarning, match="warmup_steps=20 >= num_steps=10"):
+        schedule = optim.warmup_cosine(1.0, num_steps=10, warmup_steps=20)
+    assert float(schedule(9)) == pytest.approx(1.0)  # the peak at the last warmup step
