@@ -1,0 +1,84 @@
+"""Cheap studies for the engine's tests (pure Python; each trial takes milliseconds).
+
+Workers run them as ``python -m archjax.studies work tests/studies/toy_study.py:<fn>``.
+Every run of a trial appends its key to ``<study workdir>/runs.log`` (O_APPEND, one
+short line: atomic), so a test can count how often each config really ran.
+"""
+
+import json
+import os
+import time
+
+from archjax.studies import Study, grid
+
+KEYS = ("x", "seed", "steps", "step_time")
+
+
+def _log_run(trial, note=""):
+    study_dir = os.path.dirname(os.path.dirname(trial.workdir))
+    with open(os.path.join(study_dir, "runs.log"), "a") as f:
+        f.write(f"{trial.key} {os.getpid()} {time.time():.3f} {note}\n")
+
+
+def check(config):
+    unknown = sorted(set(config) - set(KEYS))
+    if unknown:
+        raise KeyError(f"unknown config keys {unknown}; the trial knows {list(KEYS)}")
+
+
+def quadratic(config, trial):
+    """loss = (x - 3)^2 + seed / 100; x == 13 raises (the failing config)."""
+    _log_run(trial)
+    time.sleep(config.get("step_time", 0.0))
+    if config["x"] == 13:
+        raise ValueError("x = 13 is unlucky")
+    for step in range(3):
+        trial.report(step, float(config["x"] + step))
+    return {"loss": (config["x"] - 3) ** 2 + config["seed"] / 100}
+
+
+def checkpointed(config, trial):
+    """``steps`` steps of ``step_time`` s, a checkpoint after each; resumes from it."""
+    path = os.path.join(trial.workdir, "checkpoint.json")
+    start = 0
+    if os.path.exists(path):
+        with open(path) as f:
+            start = json.load(f)["step"]
+    _log_run(trial, f"from={start}")
+    for step in range(start, config["steps"]):
+        time.sleep(config["step_time"])
+        with open(path + ".tmp", "w") as f:
+            json.dump({"step": step + 1}, f)
+        os.replace(path + ".tmp", path)  # atomic: a kill never leaves half a file
+    if config["x"] == 13:
+        raise ValueError("x = 13 is unlucky")
+    return {"loss": float(config["x"]), "resumed_from": start}
+
+
+def grid24(quick=False):
+    """24 configs, one of which (x = 13) raises."""
+    return Study(
+        name="grid24",
+        configs=grid(x=list(range(1, 13)), seed=[0, 1])[:23] + [{"x": 13, "seed": 0}],
+        trial=quadratic,
+        fixed={"step_time": 0.02},
+        check=check,
+    )
+
+
+def extended(quick=False):
+    """grid24 plus two new configs (same trial function and fixed settings)."""
+    base = grid24()
+    return Study(**{**base.__dict__, "configs": [*base.configs, {"x": 20, "seed": 0},
+                                                 {"x": 21, "seed": 0}]})  # fmt: skip
+
+
+def resumable(quick=False):
+    """Three slow checkpointed configs and one that raises after its steps."""
+    return Study(
+        name="resumable",
+        configs=[{"x": 1}, {"x": 2}, {"x": 13}],
+        trial=checkpointed,
+        fixed={"steps": 12, "step_time": 0.25},
+        check=check,
+    )
