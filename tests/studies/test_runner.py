@@ -8,6 +8,7 @@ import optuna
 
 from archjax import studies
 from archjax.studies import runner
+from archjax.studies.__main__ import main
 
 from .conftest import TOY, cli, run_counts, worker
 
@@ -117,13 +118,16 @@ def test_claims_are_exclusive_and_duplicates_pruned(tmp_path):
     assert dup.number == 24 and dup.user_attrs["duplicate_of"] == 0
 
 
-def test_status_and_export(tmp_path):
+def test_status_and_export(tmp_path, capsys):
     workdir = str(tmp_path / "s")
     spec = f"{TOY}:grid24"
-    cli("run", spec, "--workdir", workdir, "--no-progress")
-    status = cli("status", spec, "--workdir", workdir).stdout
+    assert main(["run", spec, "--workdir", workdir, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["status", spec, "--workdir", workdir]) == 0
+    status = capsys.readouterr().out
     assert "24/24 configs finished" in status and "COMPLETE 23, FAIL 1" in status
     assert "ValueError: x = 13 is unlucky" in status
-    cli("export", spec, "--workdir", workdir)
-    lines = open(os.path.join(workdir, "trials.csv")).read().splitlines()
+    assert main(["export", spec, "--workdir", workdir]) == 0
+    with open(os.path.join(workdir, "trials.csv")) as f:
+        lines = f.read().splitlines()
     assert lines[0].startswith("trial,state,key,x,seed,loss") and len(lines) > 24
