@@ -10,6 +10,7 @@ config. Rows returned here are plain dicts, one per trial.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import re
@@ -115,6 +116,9 @@ def open_storage(
             os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
     elif backend == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
+        if parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None:
+            # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the extra installs 2.
+            url = parsed.set(drivername="postgresql+psycopg2").render_as_string(False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)

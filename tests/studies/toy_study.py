@@ -82,3 +82,18 @@ def resumable(quick=False):
         fixed={"steps": 12, "step_time": 0.25},
         check=check,
     )
+
+
+def unknown_key(quick=False):
+    """grid24 with a config key the trial function does not know."""
+    return Study(**{**grid24().__dict__, "configs": [{"x": 1, "seed": 0, "lr": 0.1}]})
+
+
+def other_function(quick=False):
+    """The name grid24 with another trial function."""
+    return Study(**{**grid24().__dict__, "trial": checkpointed})
+
+
+def other_fixed(quick=False):
+    """The name grid24 with other fixed settings."""
+    return Study(**{**grid24().__dict__, "fixed": {"step_time": 0.5}})
