@@ -1,5 +1,6 @@
 """Shared by the study tests: stores (SQLite, and PostgreSQL when CI started one)."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -19,11 +20,21 @@ def postgres_database() -> str:
     if not url:
         pytest.skip(f"{ENV_POSTGRES} is unset: .ci/run starts a PostgreSQL server for this")
     name = f"t_{uuid.uuid4().hex[:12]}"
-    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
+    with admin(url) as conn:
         conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    engine.dispose()
     return sqlalchemy.engine.make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+@contextlib.contextmanager
+def admin(url: str):
+    """An autocommit connection to ``url`` through psycopg2 (the ``postgres`` extra)."""
+    parsed = sqlalchemy.engine.make_url(url).set(drivername="postgresql+psycopg2")
+    engine = sqlalchemy.create_engine(parsed, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

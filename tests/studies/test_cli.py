@@ -7,7 +7,7 @@ from archjax import studies
 from archjax.studies import runner
 from archjax.studies.__main__ import main
 
-from .conftest import TOY, cli, postgres_database
+from .conftest import TOY, admin, postgres_database
 
 PASSWORD = "pa55-w0rd-never-shown"
 
@@ -51,20 +51,20 @@ def test_unreachable_storage_hides_password(capsys):
     assert studies.mask_url("not a url://u:secret@h") == "not a url://u:***@h"
 
 
-def test_password_absent_from_outputs_and_store(tmp_path):
+def test_password_absent_from_outputs_and_store(tmp_path, capsys, caplog, monkeypatch):
     """A real PostgreSQL run with a password in the URL: absent from output and store."""
     url = sqlalchemy.engine.make_url(postgres_database())
-    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.exec_driver_sql("DROP ROLE IF EXISTS study_user")
-        conn.exec_driver_sql(f"CREATE ROLE study_user LOGIN SUPERUSER PASSWORD '{PASSWORD}'")
-    engine.dispose()
-    secret = url.set(username="study_user", password=PASSWORD)
+    user = f"u_{url.database}"  # the database name is fresh for each test
+    with admin(url.render_as_string(hide_password=False)) as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {user} LOGIN SUPERUSER PASSWORD '{PASSWORD}'")
+    secret = url.set(username=user, password=PASSWORD)
     secret = secret.render_as_string(hide_password=False)
-    out = cli("run", f"{TOY}:grid24", "--workdir", str(tmp_path), "--workers", "2", storage=secret)
-    out2 = cli("status", f"{TOY}:grid24", storage=secret)
-    text = out.stdout + out.stderr + out2.stdout + out2.stderr
-    assert "study_user:***@" in text and PASSWORD not in text
+    monkeypatch.setenv("ARCHJAX_STORAGE", secret)
+    assert main(["run", f"{TOY}:grid24", "--workdir", str(tmp_path)]) == 0
+    assert main(["status", f"{TOY}:grid24"]) == 0
+    out = capsys.readouterr()
+    text = out.out + out.err + caplog.text
+    assert f"{user}:***@" in text and PASSWORD not in text
     storage = studies.open_storage(secret)
     opt = runner.load(studies.load(f"{TOY}:grid24"), storage)
     stored = repr(opt.user_attrs) + repr([(t.user_attrs, t.system_attrs) for t in opt.trials])
