@@ -93,7 +93,10 @@ def _command(args, study: definition.Study, workdir: str, url: str) -> int:
             import jax
 
             main_process = jax.process_index() == 0
-        storage = _open(args, url) if main_process else None
+        if args.slice:  # opened by process 0 inside the loop that reports failures
+            storage = (lambda: _open(args, url)) if main_process else None
+        else:
+            storage = _open(args, url)
         ran = runner.work(study, storage, workdir, poll_interval=args.poll,
                           show_progress=not args.no_progress and main_process,
                           slice_wide=args.slice)  # fmt: skip

@@ -302,7 +302,9 @@ def work(
     Args:
       study: the definition (its configs are only used for the progress bar).
       storage: an opened store (:func:`archjax.studies.store.open_storage`); in
-        slice-wide mode only process 0's is used, others may pass None.
+        slice-wide mode only process 0's is used (others may pass None), and it
+        may be a function that opens it, so that a failure to open reaches the
+        other processes too.
       workdir: the study's directory; trial ``k`` runs in ``workdir/trials/k``.
       poll_interval: seconds between looks at the queue while others' trials run.
       show_progress: a progress bar of configs finished / defined, with an ETA.
@@ -376,7 +378,7 @@ def work_slice(study: Study, storage, workdir: str, *, poll_interval: float = 1.
         if main:
             try:
                 if opt is None:
-                    opt = load(study, storage)
+                    opt = load(study, storage() if callable(storage) else storage)
                     queue = Queue(opt)
                 trial = queue.claim()
                 if trial is not None:

@@ -97,3 +97,35 @@ def other_function(quick=False):
 def other_fixed(quick=False):
     """The name grid24 with other fixed settings."""
     return Study(**{**grid24().__dict__, "fixed": {"step_time": 0.5}})
+
+
+def _join_distributed():
+    from archjax import parallel
+
+    parallel.initialize()  # from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID
+
+
+def distributed_sum(config, trial):
+    """One collective program over every process: sum of x * (process index + 1) per device."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    _log_run(trial, f"process={jax.process_index()}")
+    mesh = Mesh(np.array(jax.devices()), ("d",))
+    local = np.full((jax.local_device_count(),), config["x"] * (jax.process_index() + 1), "f4")
+    arr = jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec("d")), local)
+    total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, PartitionSpec()))(arr)
+    return {"loss": float(total), "process": jax.process_index(), "processes": jax.process_count()}
+
+
+def slice_wide(quick=False):
+    """Four trials, each a jax.distributed program over all processes."""
+    return Study(
+        name="slice_wide",
+        configs=grid(x=[1, 2, 3, 4]),
+        trial=distributed_sum,
+        check=check,
+        setup=_join_distributed,
+    )
