@@ -79,8 +79,11 @@ class Study:
 
     def identity(self) -> dict[str, Any]:
         """What must match when a stored study is reopened."""
+        # The module's last name only: a script imported by path or as a package
+        # module (run from another directory) keeps its identity.
+        module = self.trial.__module__.rsplit(".", 1)[-1]
         return {
-            "trial_function": f"{self.trial.__module__}.{self.trial.__qualname__}",
+            "trial_function": f"{module}.{self.trial.__qualname__}",
             "fixed": canonical(self.fixed),
             "objective": f"{self.direction} {self.objective}",
         }

@@ -129,3 +129,34 @@ def slice_wide(quick=False):
         check=check,
         setup=_join_distributed,
     )
+
+
+# A tiny but real run of the main job (digits at 8 px, a quarter-width ResNet-8).
+TINY_TRAIN = {
+    "model": "resnet8",
+    "model_kwargs.width_multiplier": 0.25,
+    "image_size": 8,
+    "batch_size": 32,
+    "eval_batch_size": 64,
+    "num_steps": 4,
+    "log_every": 2,
+    "eval_every": 2,
+    "checkpoint_every": 2,
+    "warmup_steps": 1,
+    "num_devices": 1,
+}
+
+
+def main_job(quick=False):
+    """One trial of experiments.train.train_and_evaluate through the engine."""
+    from experiments.studies import common  # the real package: workers run from the repo
+
+    return Study(
+        name="main_job",
+        configs=[{"seed": 0}],
+        trial=common.train_trial,
+        fixed=TINY_TRAIN,
+        objective="test_loss",
+        check=common.check_train_config,
+        setup=common.setup,
+    )
