@@ -4,7 +4,9 @@ import json
 import os
 import re
 
-from .conftest import REPO, cli
+from archjax.studies.__main__ import main
+
+from .conftest import REPO
 
 EXAMPLE = "experiments/studies/mlp_scaling.py"
 
@@ -17,14 +19,19 @@ def test_docs_show_the_example_file():
     assert len(blocks[0].splitlines()) < 100
 
 
-def test_example_study_runs_as_written(tmp_path):
+def test_example_study_runs_as_written(tmp_path, capsys, monkeypatch):
+    # In this process, from outside the repo: the file is imported by its path (under
+    # pytest the name `experiments` is tests/experiments).
+    monkeypatch.chdir(tmp_path)
+    spec = os.path.join(REPO, EXAMPLE)
     workdir = ["--workdir", str(tmp_path)]
-    out = cli("run", EXAMPLE, "--quick", *workdir).stdout
-    assert "8/8 configs finished; trials COMPLETE 8" in out
-    cli("fit", EXAMPLE, "--quick", *workdir)
+    assert main(["run", spec, "--quick", *workdir]) == 0
+    assert "8/8 configs finished; trials COMPLETE 8" in capsys.readouterr().out
+    assert main(["fit", spec, "--quick", *workdir]) == 0
     with open(tmp_path / "fit.json") as f:
         result = json.load(f)
     lo, hi = result["intervals"]["b"]
     assert result["frontier_points"] >= 4 and lo <= result["b"] <= hi
-    plotted = cli("plot", EXAMPLE, "--quick", *workdir).stdout
-    assert "loss_vs_compute.png" in plotted and (tmp_path / "plots" / "curves.png").exists()
+    assert main(["plot", spec, "--quick", *workdir]) == 0
+    assert "loss_vs_compute.png" in capsys.readouterr().out
+    assert (tmp_path / "plots" / "curves.png").exists()

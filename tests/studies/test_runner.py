@@ -36,14 +36,14 @@ def test_four_workers_one_failing_config(storage_url, tmp_path):
         assert r["loss"] == (r["x"] - 3) ** 2 + r["seed"] / 100 and r["wall_time"] > 0
 
 
-def test_kill_resume_rerun_and_retry_failed(tmp_path):
+def test_kill_resume_rerun_and_retry_failed(tmp_path, capsys):
     """Acceptance 2: a kill -9'd trial resumes from its checkpoint and completes once."""
     workdir = tmp_path / "resumable"
     url = f"sqlite:///{workdir}/study.db"
     spec = f"{TOY}:resumable"
-    cli("init", spec, "--workdir", str(workdir), storage=url)
     args = (spec, "--workdir", str(workdir), "--heartbeat", "1", "--grace", "2", "--poll", "0.2")
-    victim = worker(*args, storage=url)
+    assert main(["init", *args]) == 0
+    victim = worker(*args)  # a real process, killed with SIGKILL mid-trial
     first = studies.config_key({"x": 1})
     checkpoint = workdir / "trials" / first / "checkpoint.json"
     deadline = time.time() + 90
@@ -53,26 +53,27 @@ def test_kill_resume_rerun_and_retry_failed(tmp_path):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
 
-    survivor = cli("work", *args, "--no-progress", storage=url)
+    assert main(["work", *args, "--no-progress"]) == 0  # waits out the grace period
     study = studies.load(spec)
     opt = runner.load(study, _open(url))
     by_x = {}
     for r in studies.rows(opt):
         by_x.setdefault(r["x"], []).append(r)
     # The killed trial went stale, was re-queued with the same config and resumed.
-    assert sorted(r["state"] for r in by_x[1]) == ["COMPLETE", "FAIL"], survivor.stdout
+    assert sorted(r["state"] for r in by_x[1]) == ["COMPLETE", "FAIL"]
     (done,) = [r for r in by_x[1] if r["state"] == "COMPLETE"]
     assert done["resumed_from"] >= 3
     assert [r["state"] for r in by_x[2]] == ["COMPLETE"]
     assert [r["state"] for r in by_x[13]] == ["FAIL"]
     trials_before = len(studies.rows(opt))
+    capsys.readouterr()
 
-    again = cli("run", *args, "--no-progress", storage=url)
-    assert "0 newly queued" in again.stdout
+    assert main(["run", *args, "--no-progress"]) == 0
+    assert "0 newly queued" in capsys.readouterr().out
     assert len(studies.rows(opt)) == trials_before  # a finished study runs nothing
 
-    retry = cli("run", *args, "--no-progress", "--retry-failed", storage=url)
-    assert "1 newly queued" in retry.stdout
+    assert main(["run", *args, "--no-progress", "--retry-failed"]) == 0
+    assert "1 newly queued" in capsys.readouterr().out
     rows = studies.rows(opt)
     assert len(rows) == trials_before + 1 and rows[-1]["x"] == 13
     counts = run_counts(workdir)
