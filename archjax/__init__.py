@@ -9,7 +9,7 @@ Subpackages: :mod:`archjax.models` (model families and the name registry),
 :mod:`archjax.analysis` (Hessian tools) and :mod:`archjax.checkpoint` (Orbax).
 """
 
-from archjax import analysis, checkpoint, data, layers, models, optim, parallel, quant, train
+import importlib
 
 __version__ = "0.1.0"
 
@@ -24,3 +24,14 @@ __all__ = [
     "quant",
     "train",
 ]
+
+
+def __getattr__(name: str):
+    """Imports a subpackage on first use (PEP 562).
+
+    So ``import archjax.studies`` in a study worker does not load JAX, Flax and
+    Orbax before a trial asks for them.
+    """
+    if name in __all__ or name == "studies":
+        return importlib.import_module(f"archjax.{name}")
+    raise AttributeError(f"module 'archjax' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Studies on the engine (archjax.studies): ``python -m archjax.studies run <file>``."""

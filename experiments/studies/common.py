@@ -1,0 +1,84 @@
+"""The usual trial function: the main job's ``train_and_evaluate`` with the trial's overrides.
+
+A trial config holds overrides of ``experiments/configs/default.py`` (dotted keys
+reach nested fields: ``"model_kwargs.width_multiplier": 0.5``). Each trial trains
+in its own workdir, so a retried trial resumes from its own Orbax checkpoint.
+
+  Study(name=..., configs=grid(...), trial=train_trial, check=check_train_config,
+        setup=setup, objective="test_loss")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+from archjax import parallel, studies
+from experiments.configs.default import get_config
+
+# Free-form dicts of the default config: their keys go to models.create / the dataset.
+FREE_FORM = ("model_kwargs", "dataset_kwargs")
+
+
+def train_config(overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+    """The default config with ``overrides``; an unknown key or a wrong type raises."""
+    config = get_config()
+    config.lock()  # no new keys: a misspelt override fails here
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        if parents and parents[-1] in FREE_FORM:
+            with node.unlocked():
+                node[leaf] = value
+        else:
+            node[leaf] = value
+    return config
+
+
+def check_train_config(overrides: dict[str, Any]) -> None:
+    """Raises for an override the main job does not know (before anything is stored)."""
+    train_config(overrides)
+
+
+def setup() -> None:
+    """Joins a jax.distributed run when the environment describes one (slice-wide mode)."""
+    parallel.initialize()
+
+
+def train_trial(config: dict[str, Any], trial: studies.Trial) -> dict[str, Any]:
+    """Trains ``config`` in ``trial.workdir``; test metrics, curve and compute accounting."""
+    from experiments import train as main_job  # JAX loads here, in the worker
+
+    cfg = train_config(config)
+    summary = main_job.train_and_evaluate(cfg, trial.workdir)
+    if summary["interrupted"]:  # preempted: leave the trial RUNNING-stale to be retried
+        raise KeyboardInterrupt(f"trial {trial.number} interrupted by a signal")
+    with open(os.path.join(trial.workdir, "metrics.jsonl")) as f:
+        for line in f:
+            record = json.loads(line)
+            if record["split"] == "test":
+                trial.report(record["step"], record["loss"])
+    train_ds, _ = main_job.datasets(cfg)
+    kwargs = main_job.model_kwargs(cfg, train_ds.num_classes)
+    kwargs.pop("dtype", None)  # FLOPs are counted in fp32
+    compute = studies.training_compute(
+        cfg.model,
+        image_size=cfg.image_size,
+        channels=train_ds.image_shape[-1],
+        batch_size=cfg.batch_size,
+        steps=summary["steps"],
+        **kwargs,
+    )
+    return {
+        "test_loss": summary["test_loss"],
+        "test_accuracy": summary["test_accuracy"],
+        "steps": summary["steps"],
+        "resumed_from": summary["resumed_from"],
+        "train_wall_time": summary["wall_time"],
+        **compute,
+    }
