@@ -113,25 +113,29 @@ def fake_quant(
 ) -> Array:
     """Rounds ``x`` onto ``fmt``'s grid times ``qparams.scale``; gradient by STE.
 
-    Integer formats compute ``s * (clip(round(x / s) + z, qmin, qmax) - z)`` (round
-    half to even); float formats round ``x / s`` to the format (see
-    :class:`FloatFormat` for the inf/NaN policy); binary gives ``s * sign(x)``
-    (XNOR-Net) and ternary ``s * sign(x) * (|x| > delta)`` (TWN).
+    Each format rounds (its ``round`` method): integer formats compute
+    ``s * (clip(round(x / s) + z, qmin, qmax) - z)`` (round half to even); float
+    formats round ``x / s`` to the format (see :class:`FloatFormat` for the inf/NaN
+    policy); binary gives ``s * sign(x)`` (XNOR-Net) and ternary
+    ``s * sign(x) * (|x| > delta)`` (TWN); NF4 the nearest NormalFloat level times the
+    block absmax; MX formats the element type times the block's power-of-two scale.
 
     Gradient with respect to ``x`` (Bengio et al., 2013 straight-through estimators):
     ``"identity"`` passes it unchanged; ``"clipped"`` passes it only where ``x`` lies
-    inside the representable range ``[lo, hi]`` (int: ``s * (qmin - z)``..``s * (qmax - z)``,
-    float: ``+-s * max``, binary/ternary: ``+-s``); ``"reste"`` uses the rectified STE
-    of Wu et al. (ICCV 2023) with o = 3 (for multi-level grids applied within each
-    step and zero outside the range). No gradient flows into ``qparams``; learn
-    scales with :func:`archjax.quant.lsq_fake_quant` or :func:`archjax.quant.pact`.
+    inside the representable range ``[lo, hi]`` (the format's ``range``; int:
+    ``s * (qmin - z)``..``s * (qmax - z)``, float: ``+-s * max``, binary/ternary/NF4:
+    ``+-s``); ``"reste"`` uses the rectified STE of Wu et al. (ICCV 2023) with o = 3
+    (for multi-level grids applied within each step and zero outside the range). No
+    gradient flows into ``qparams``; learn scales with
+    :func:`archjax.quant.lsq_fake_quant` or :func:`archjax.quant.pact`.
 
     Args:
         x: tensor to quantize (any float dtype; computed in float32).
-        fmt: an ``IntFormat``, ``FloatFormat``, ``BinaryFormat`` or ``TernaryFormat``.
+        fmt: a :class:`~archjax.quant.formats.Format` (``IntFormat``, ``FloatFormat``,
+            ``BinaryFormat``, ``TernaryFormat``, ``NF4Format``, ``MXFormat``).
         qparams: scale (and zero point) from :func:`archjax.quant.calibrate`.
         granularity: ``PerTensor()``, ``PerChannel(axis)`` or ``PerBlock(block_size, axis)``;
-            must match the one used for calibration.
+            must match the one used for calibration (NF4 / MX: ``PerBlock`` of their size).
         ste: one of ``STE_VARIANTS``.
 
     Returns:
@@ -157,9 +161,10 @@ def quantize(x: Array, fmt, qparams: QParams, *, granularity: Granularity = PER_
         granularity: as for :func:`fake_quant`.
 
     Returns:
-        Codes of ``x``'s shape in the smallest integer dtype that holds them: int8/int16
-        (signed int), uint8/uint16 (unsigned int, float bit codes), int8 levels in
-        {-1, 1} / {-1, 0, 1} for binary / ternary. Asymmetric codes include the zero point.
+        Codes of ``x``'s shape in the format's ``code_dtype``: int8/int16 (signed int),
+        uint8/uint16 (unsigned int, float bit codes), int8 levels in {-1, 1} / {-1, 0, 1}
+        for binary / ternary, uint8 level indices for NF4, element codes for MX (the
+        shared scales stay in ``qparams``). Asymmetric codes include the zero point.
 
     Example:
         >>> codes = quantize(w, IntFormat(bits=4), qp)   # int8 array with values in [-8, 7]
