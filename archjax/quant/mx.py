@@ -34,7 +34,7 @@ __all__ = [
 
 Array = jax.Array
 
-# The element types of the spec's concrete formats (section 5). FP elements round to
+# The element types of the spec's concrete formats. FP elements round to
 # nearest even and saturate to +-max normal; E5M2 keeps IEEE inf/NaN codes, E4M3 has
 # one NaN code per sign, the FP6/FP4 types have neither.
 _FP_ELEMENTS = {
@@ -72,12 +72,13 @@ def _pow2_scale(exponent: Array) -> Array:
 class MXFormat(Format):
     """An OCP MX block format: ``block_size`` elements share one E8M0 scale ``2**e``.
 
-    Calibration follows the spec's conversion (section 6.3): per block,
+    Calibration follows the spec's conversion of a vector to an MX block: per block,
     ``e = floor(log2(amax)) - emax_elem`` (``emax_elem``: exponent of the element
     type's largest normal; 0 for INT8), clamped to E8M0's -127..127; an all-zero
     block gets ``e = -127``. Elements are ``x / 2**e`` rounded to the element type
     to nearest even and saturated to +-max. A block holding NaN or +-inf gets the
-    NaN scale (E8M0 0xFF), and then every element of the block is NaN (spec, 5.3).
+    NaN scale (E8M0 0xFF: the shared exponent overflows, as in microsoft/microxcaling),
+    and then every element of the block is NaN.
     Other calibration methods (percentile, MSE) choose ``amax`` and keep the rule.
 
     ``QParams.scale`` holds ``2**e`` as float32; a scale that is not a power of two

@@ -23,7 +23,7 @@ Array = jax.Array
 
 # The 16 values bitsandbytes uses (``get_4bit_type("nf4")``, float32): quantiles of
 # N(0, 1) normalized to [-1, 1], built asymmetrically (8 positive quantiles, 7
-# negative ones and an exact 0) so that zero is representable (QLoRA, section 3).
+# negative ones and an exact 0) so that zero is representable (QLoRA).
 NF4_LEVELS = np.array(
     [
         -1.0,

@@ -29,7 +29,7 @@ from archjax.quant import (
 K = 32  # the spec's block size
 N_BLOCKS = 3200  # 102,400 values per format
 
-# The element types as the OCP MX v1.0 spec (section 5.3) defines them, written out
+# The element types as the OCP MX v1.0 spec defines them, written out
 # here independently of archjax: exponent/mantissa bits, bias, emax, largest normal,
 # whether the all-ones exponent field holds inf/NaN (e5m2) or only S.1111.111 is NaN (e4m3).
 SPEC = {
