@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 
-from archjax.quant.formats import PerBlock, PerChannel, PerTensor
+from archjax.quant._format import PerBlock, PerChannel, PerTensor
+from archjax.quant._format import QParams as QParams  # re-exported: its old home
 
 Array = jax.Array
-
-
-@flax.struct.dataclass
-class QParams:
-    """Scale (> 0) and optional integer zero point of a quantized tensor.
-
-    Shapes follow the granularity: ``()`` per tensor; the tensor's shape with every
-    axis but the channel axis set to 1 per channel; the tensor's shape with the
-    blocked axis divided by ``block_size`` per block. ``zero_point`` is ``None``
-    for symmetric formats and an int32 array of the scale's shape otherwise.
-    """
-
-    scale: Array
-    zero_point: Array | None = None
 
 
 def normalize_axis(axis: int, ndim: int, owner: str) -> int:

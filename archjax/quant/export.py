@@ -24,7 +24,6 @@ from flax.core import unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from archjax.quant.calibration import QParams, calibrate
-from archjax.quant.formats import FloatFormat, IntFormat
 from archjax.quant.numerics import dequantize
 from archjax.quant.numerics import quantize as quantize_codes
 from archjax.quant.rules import match_rule
@@ -33,13 +32,9 @@ from archjax.quant.transform import quant_rules, quantize, quantized_weights, un
 _PACKABLE = (1, 2, 4)
 
 
-def _offset(fmt) -> int:
-    """What to add to a code so that it lies in ``[0, 2**bits)``."""
-    return -fmt.qmin if isinstance(fmt, IntFormat) else 0
-
-
 def _packable(fmt) -> bool:
-    return isinstance(fmt, (IntFormat, FloatFormat)) and fmt.bits in _PACKABLE
+    """Codes that are bit patterns (not levels) of 1, 2 or 4 bits."""
+    return fmt.code_offset is not None and fmt.bits in _PACKABLE
 
 
 def pack(codes: np.ndarray, bits: int, offset: int = 0) -> np.ndarray:
@@ -106,7 +101,7 @@ def export(model, variables: dict[str, Any], directory: str, *args, **kwargs) ->
         codes = np.asarray(quantize_codes(w, fmt, qp, granularity=gran))
         key = _key(ppath)
         packed = _packable(fmt)
-        arrays["codes"][key] = pack(codes, fmt.bits, _offset(fmt)) if packed else codes
+        arrays["codes"][key] = pack(codes, fmt.bits, fmt.code_offset) if packed else codes
         arrays["scale"][key] = np.asarray(qp.scale)
         if qp.zero_point is not None:
             arrays["zero_point"][key] = np.asarray(qp.zero_point)
@@ -161,7 +156,7 @@ def load(model, directory: str):
         fmt, gran = rule.weight, rule.weight_granularity
         codes = arrays["codes"][key]
         if info["packed"]:
-            codes = unpack(codes, fmt.bits, info["shape"], info["code_dtype"], _offset(fmt))
+            codes = unpack(codes, fmt.bits, info["shape"], info["code_dtype"], fmt.code_offset)
         zp = arrays.get("zero_point", {}).get(key)
         qp = QParams(scale=jnp.asarray(arrays["scale"][key]), zero_point=zp)
         flat[tuple(key.split("/"))] = dequantize(jnp.asarray(codes), fmt, qp, granularity=gran)

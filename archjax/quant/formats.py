@@ -1,46 +1,64 @@
 """Number formats and granularities for quantization, as frozen keyword-only dataclasses.
 
-A format says *which values* a quantized tensor may take (before scaling); a
-granularity says *which elements share* a scale. Both are plain data, checked at
+A format says *which values* a quantized tensor may take (before scaling) and owns
+its numerics (rounding, codes, range, calibration: the methods of :class:`Format`);
+a granularity says *which elements share* a scale. Both are plain data, checked at
 construction, so an impossible choice fails at once with a message that names the
-field and the allowed range.
+field and the allowed range. This module holds the integer, binary and ternary
+formats and re-exports the others (``floats``, ``nf4``, ``mx``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+
+import jax
+import jax.numpy as jnp
+
+from archjax.quant._format import (
+    _TINY,
+    PER_TENSOR,
+    Format,
+    Granularity,
+    PerBlock,
+    PerChannel,
+    PerTensor,
+    QParams,
+    check_bool,
+    check_int,
+)
+from archjax.quant.floats import FloatFormat
+from archjax.quant.mx import MXFP4, MXFP6_E2M3, MXFP6_E3M2, MXFP8_E4M3, MXFP8_E5M2, MXINT8, MXFormat
+from archjax.quant.nf4 import NF4Format
 
 __all__ = [
+    "MXFP4",
+    "MXFP6_E2M3",
+    "MXFP6_E3M2",
+    "MXFP8_E4M3",
+    "MXFP8_E5M2",
+    "MXINT8",
+    "PER_TENSOR",
     "BinaryFormat",
     "FloatFormat",
     "Format",
     "Granularity",
-    "PER_TENSOR",
     "IntFormat",
+    "MXFormat",
+    "NF4Format",
     "PerBlock",
     "PerChannel",
     "PerTensor",
+    "TernaryFormat",
 ]
 
+Array = jax.Array
+
 _MAX_INT_BITS = 16  # codes are stored in int8/int16 (or the unsigned types)
-_MAX_FLOAT_BITS = 16  # codes are stored in uint8/uint16
-_FLOAT32_MIN_EXP = -149  # smallest float32 subnormal is 2**-149
-_FLOAT32_MAX_EXP = 127
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ValueError(f"{name}={value!r} is not allowed: it must be an int in [{low}, {high}]")
-
-
-def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} is not allowed: it must be True or False")
 
 
 @dataclasses.dataclass(frozen=True)
-class IntFormat:
+class IntFormat(Format):
     """Uniform integer grid ``{qmin, ..., qmax}`` times a scale (Jacob et al., 2018).
 
     Symmetric formats have no zero point (``x ~ s * q``); asymmetric formats add an
@@ -58,9 +76,9 @@ class IntFormat:
     narrow_range: bool = False  # drop the most negative code (signed only): [-(2**(b-1)-1), ...]
 
     def __post_init__(self):
-        _check_int("IntFormat.bits", self.bits, 1, _MAX_INT_BITS)
+        check_int("IntFormat.bits", self.bits, 1, _MAX_INT_BITS)
         for field in ("signed", "symmetric", "narrow_range"):
-            _check_bool(f"IntFormat.{field}", getattr(self, field))
+            check_bool(f"IntFormat.{field}", getattr(self, field))
         if self.narrow_range and not self.signed:
             raise ValueError("IntFormat.narrow_range=True is only allowed with signed=True")
         if self.narrow_range and self.bits < 2:
@@ -84,140 +102,114 @@ class IntFormat:
         base = f"{'' if self.signed else 'u'}int{self.bits}"
         return base + ("" if self.symmetric else "_asym") + ("_narrow" if self.narrow_range else "")
 
+    @property
+    def code_dtype(self):
+        """int8/int16 (signed) or uint8/uint16 (unsigned)."""
+        if self.signed:
+            return jnp.int8 if self.bits <= 8 else jnp.int16
+        return jnp.uint8 if self.bits <= 8 else jnp.uint16
 
-@dataclasses.dataclass(frozen=True)
-class FloatFormat:
-    """Floating point with any exponent/mantissa width and bias (Kuzmin et al., 2022).
+    @property
+    def code_offset(self) -> int:
+        """``-qmin``: codes are integers, not bit patterns."""
+        return -self.qmin
 
-    Values are ``(-1)**s * 2**(e - bias) * 1.m`` (normal) or ``2**(1 - bias) * 0.m``
-    (subnormal, exponent field 0). Rounding is to nearest, ties to even, with
-    gradual underflow (subnormals) and signed zeros, exactly like an IEEE cast.
+    @property
+    def symmetric_range(self) -> bool:
+        """Symmetric signed formats calibrate on ``+-absmax``, the others on ``[min, max]``."""
+        return self.symmetric and self.signed
 
-    Special values (the inf/NaN policy):
-
-    * ``finite_only=False`` (IEEE-like, e.g. e5m2, e3m4): the all-ones exponent field
-      is reserved, mantissa 0 = +-inf and mantissa != 0 = NaN. Needs
-      ``mantissa_bits >= 1`` and ``has_nan=True``.
-    * ``finite_only=True, has_nan=True`` ("fn", e.g. e4m3fn): no inf; only the
-      all-ones code (exponent and mantissa) is NaN, every other code is finite.
-    * ``finite_only=True, has_nan=False`` (MX e2m3fn, e2m1fn): every code is finite.
-
-    Out-of-range values (after rounding with an unbounded exponent, so values that
-    round down to ``max`` are not out of range) and +-inf inputs:
-
-    * ``saturate=True`` (default, what QAT wants): clamp to ``+-max``; +-inf -> +-max.
-    * ``saturate=False``: +-inf if the format has inf, else NaN (what an IEEE cast
-      and ``ml_dtypes`` do); not allowed for formats with neither inf nor NaN.
-
-    NaN inputs stay NaN in :func:`archjax.quant.fake_quant` for every format, so a
-    diverging run is never hidden. Formats without a NaN code cannot store it:
-    :func:`archjax.quant.quantize` writes the code of +0 there (``ml_dtypes`` writes
-    a signed zero too), so ``dequantize(quantize(x)) == fake_quant(x)`` holds for all
-    inputs except NaN in such formats.
-
-    Emulation runs in float32, whose subnormals XLA flushes to zero on CPU and GPU:
-    values below ``2**-126`` become 0, which only matters for 8 exponent bits (the
-    subnormals of ``FloatFormat(8, 7)``, i.e. bfloat16, are flushed).
-
-    Compared with ``ml_dtypes`` casts (tested bit for bit): in range they agree for
-    e4m3fn, e5m2, e3m4, e2m3fn and e2m1fn. Out of range, ``ml_dtypes`` does not
-    saturate e4m3fn/e5m2/e3m4 (it gives NaN/inf, i.e. our ``saturate=False``); it
-    saturates e2m3fn/e2m1fn like ours but turns NaN into a signed zero.
-
-    Example:
-        >>> FloatFormat(exponent_bits=4, mantissa_bits=3, finite_only=True).max_value
-        448.0
-    """
-
-    exponent_bits: int  # 1..8 (2..8 for IEEE-like formats, which reserve the top field)
-    mantissa_bits: int  # 0..(15 - exponent_bits); 1 + e + m <= 16 bits in storage
-    _: dataclasses.KW_ONLY
-    bias: int | None = None  # exponent bias; None means the IEEE default 2**(e-1) - 1
-    finite_only: bool = False  # True: no inf codes ("fn" formats)
-    saturate: bool = True  # True: out-of-range -> +-max; False: -> inf, else NaN
-    has_nan: bool = True  # False: no NaN code either (MX fp6/fp4); needs finite_only=True
-
-    def __post_init__(self):
-        for field in ("finite_only", "saturate", "has_nan"):
-            _check_bool(f"FloatFormat.{field}", getattr(self, field))
-        min_e = 1 if self.finite_only else 2
-        _check_int("FloatFormat.exponent_bits", self.exponent_bits, min_e, 8)
-        max_m = _MAX_FLOAT_BITS - 1 - self.exponent_bits
-        _check_int("FloatFormat.mantissa_bits", self.mantissa_bits, 0, max_m)
-        if self.bias is not None:
-            _check_int("FloatFormat.bias", self.bias, -1000, 1000)
-        if not self.finite_only and not self.has_nan:
-            raise ValueError("FloatFormat.has_nan=False is only allowed with finite_only=True")
-        if not self.finite_only and self.mantissa_bits < 1:
+    def check_zero_point(self, zero_point) -> None:
+        """Symmetric formats take no zero point."""
+        if self.symmetric and zero_point is not None:
             raise ValueError(
-                "FloatFormat.mantissa_bits=0 needs finite_only=True (IEEE NaN needs a mantissa bit)"
-            )
-        if self.finite_only and not self.has_nan and not self.saturate:
-            raise ValueError(
-                "FloatFormat.saturate=False is not allowed for a format with neither inf nor NaN "
-                "(finite_only=True, has_nan=False): out-of-range values have nowhere to go"
-            )
-        lowest = self.min_exponent - self.mantissa_bits
-        if lowest < _FLOAT32_MIN_EXP or self.max_exponent > _FLOAT32_MAX_EXP:
-            raise ValueError(
-                f"FloatFormat.bias={self.exponent_bias} puts the format outside float32 "
-                f"(exponents {lowest}..{self.max_exponent}); "
-                f"allowed: the smallest subnormal >= 2**{_FLOAT32_MIN_EXP} and max < 2**128"
+                f"{self.name} is symmetric but qparams has a zero_point; calibrate with this format"
             )
 
-    @property
-    def bits(self) -> int:
-        """Storage bits per element: sign + exponent + mantissa."""
-        return 1 + self.exponent_bits + self.mantissa_bits
+    def qparams(self, lo, hi) -> QParams:
+        """Symmetric: ``absmax / qmax`` (``max / qmax`` unsigned); asymmetric: ``(hi - lo) /
+        (qmax - qmin)`` and the integer zero point that maps 0 exactly."""
+        if self.symmetric:
+            if self.signed:
+                # bits=1 signed has qmax = 0: its only nonzero level is qmin.
+                absmax = jnp.maximum(-lo, hi)
+                divisor = self.qmax if self.qmax > 0 else -self.qmin
+            else:
+                absmax, divisor = hi, self.qmax
+            return QParams(scale=jnp.maximum(absmax / divisor, _TINY), zero_point=None)
+        scale = jnp.maximum((hi - lo) / (self.qmax - self.qmin), _TINY)
+        zero_point = jnp.round(self.qmin - lo / scale)
+        zero_point = jnp.clip(zero_point, self.qmin, self.qmax).astype(jnp.int32)
+        return QParams(scale=scale, zero_point=zero_point)
+
+    def _levels(self, x, scale, zero_point):
+        z = 0.0 if zero_point is None else zero_point.astype(jnp.float32)
+        return jnp.clip(jnp.round(x / scale) + z, self.qmin, self.qmax), z
+
+    def round(self, x, scale, zero_point, axes):
+        """``s * (clip(round(x / s) + z, qmin, qmax) - z)``, round half to even."""
+        q, z = self._levels(x, scale, zero_point)
+        return (q - z) * scale
+
+    def encode(self, x, scale, zero_point, axes):
+        """``clip(round(x / s) + z, qmin, qmax)`` as integers."""
+        return self._levels(x, scale, zero_point)[0].astype(self.code_dtype)
+
+    def decode(self, codes, scale, zero_point):
+        """``(q - z) * s``."""
+        z = 0.0 if zero_point is None else zero_point.astype(jnp.float32)
+        return (codes.astype(jnp.float32) - z) * scale
+
+    def range(self, scale, zero_point):
+        """``s * (qmin - z)`` .. ``s * (qmax - z)``."""
+        z = 0.0 if zero_point is None else zero_point.astype(jnp.float32)
+        return (self.qmin - z) * scale, (self.qmax - z) * scale
+
+    def spacing(self, x, scale, zero_point):
+        """The scale: the grid is uniform."""
+        return scale
+
+
+class _LevelFormat(Format):
+    """Two or three levels times a scale the format computes itself (binary, ternary)."""
+
+    def levels(self, x: Array, axes: tuple[int, ...]) -> Array:
+        """The int8 levels of ``x``; a threshold may depend on the group (``axes``)."""
+        raise NotImplementedError
 
     @property
-    def exponent_bias(self) -> int:
-        """The bias actually used (``bias`` or the IEEE default)."""
-        return 2 ** (self.exponent_bits - 1) - 1 if self.bias is None else self.bias
+    def code_dtype(self):
+        """int8 levels."""
+        return jnp.int8
 
     @property
-    def min_exponent(self) -> int:
-        """Exponent of the smallest normal value (and scale of the subnormals)."""
-        return 1 - self.exponent_bias
+    def code_offset(self) -> None:
+        """Levels, not bit patterns: stored unpacked."""
+        return None
 
-    @property
-    def max_exponent(self) -> int:
-        """Unbiased exponent of the largest finite value."""
-        top = 2**self.exponent_bits - 1
-        if not self.finite_only or (self.has_nan and self.mantissa_bits == 0):
-            top -= 1  # top field reserved (IEEE), or holds only the NaN code
-        return top - self.exponent_bias
+    def round(self, x, scale, zero_point, axes):
+        """``levels(x) * scale``."""
+        return self.levels(x, axes).astype(jnp.float32) * scale
 
-    @property
-    def max_value(self) -> float:
-        """Largest finite value."""
-        m = self.mantissa_bits
-        top_mantissa = 2**m - 1
-        if self.finite_only and self.has_nan and m > 0:
-            top_mantissa -= 1  # the all-ones code is NaN
-        return float(math.ldexp(1.0 + top_mantissa / 2**m, self.max_exponent))
+    def encode(self, x, scale, zero_point, axes):
+        """The levels."""
+        return self.levels(x, axes)
 
-    @property
-    def smallest_subnormal(self) -> float:
-        """Smallest positive value."""
-        return float(math.ldexp(1.0, self.min_exponent - self.mantissa_bits))
+    def decode(self, codes, scale, zero_point):
+        """``levels * scale``."""
+        return codes.astype(jnp.float32) * scale
 
-    @property
-    def has_inf(self) -> bool:
-        """Whether the format has +-inf codes."""
-        return not self.finite_only
+    def range(self, scale, zero_point):
+        """``+-scale``."""
+        return -scale, scale
 
-    @property
-    def name(self) -> str:
-        """Short name, e.g. ``fp8_e4m3fn``, ``fp8_e5m2``, ``fp6_e2m3fn``."""
-        suffix = "fn" if self.finite_only else ""
-        if self.bias is not None and self.bias != 2 ** (self.exponent_bits - 1) - 1:
-            suffix += f"_b{self.bias}"
-        return f"fp{self.bits}_e{self.exponent_bits}m{self.mantissa_bits}{suffix}"
+    def spacing(self, x, scale, zero_point):
+        """None: ReSTE applies the paper's estimator to ``x / scale``."""
+        return None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class BinaryFormat:
+class BinaryFormat(_LevelFormat):
     """``sign(x) * mean|x|`` with a mean over each scale group (XNOR-Net, Rastegari et al. 2016).
 
     ``sign(0)`` is taken as +1 so that every element gets one of two levels.
@@ -237,9 +229,17 @@ class BinaryFormat:
         """``binary``."""
         return "binary"
 
+    def levels(self, x, axes):
+        """``sign(x)`` in {-1, 1}, with ``sign(0) = 1``."""
+        return jnp.where(x >= 0, 1, -1).astype(jnp.int8)
+
+    def own_scale(self, x, axes):
+        """``mean|x|`` over each group (XNOR-Net's optimal scale)."""
+        return jnp.mean(jnp.abs(x), axis=axes, keepdims=True)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TernaryFormat:
+class TernaryFormat(_LevelFormat):
     """``{-a, 0, +a}`` with ``0`` where ``|x| <= threshold * mean|x|`` (TWN, Li et al. 2016).
 
     The scale ``a`` is the mean of ``|x|`` over the elements above the threshold
@@ -269,42 +269,14 @@ class TernaryFormat:
         """``ternary``."""
         return "ternary"
 
+    def levels(self, x, axes):
+        """``sign(x) * (|x| > threshold * mean|x|)`` in {-1, 0, 1}, the mean over ``axes``."""
+        delta = self.threshold * jnp.mean(jnp.abs(x), axis=axes, keepdims=True)
+        return (jnp.sign(x) * (jnp.abs(x) > delta)).astype(jnp.int8)
 
-Format = IntFormat | FloatFormat | BinaryFormat | TernaryFormat
-
-
-@dataclasses.dataclass(frozen=True)
-class PerTensor:
-    """One scale for the whole tensor."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PerChannel:
-    """One scale per index along ``axis`` (e.g. output channels of a kernel)."""
-
-    axis: int = -1  # the channel axis; negative counts from the end
-
-    def __post_init__(self):
-        if not isinstance(self.axis, int) or isinstance(self.axis, bool):
-            raise ValueError(f"PerChannel.axis={self.axis!r} is not allowed: it must be an int")
-
-
-@dataclasses.dataclass(frozen=True)
-class PerBlock:
-    """One scale per block of ``block_size`` consecutive elements along ``axis``.
-
-    Every other axis keeps its own scales (sub-channel quantization), so a kernel
-    ``[in, out]`` with ``PerBlock(block_size=32, axis=0)`` has scales ``[in // 32, out]``.
-    """
-
-    block_size: int  # elements per block along axis, >= 1; must divide that axis
-    axis: int = -1  # the blocked axis; negative counts from the end
-
-    def __post_init__(self):
-        _check_int("PerBlock.block_size", self.block_size, 1, 2**31 - 1)
-        if not isinstance(self.axis, int) or isinstance(self.axis, bool):
-            raise ValueError(f"PerBlock.axis={self.axis!r} is not allowed: it must be an int")
-
-
-Granularity = PerTensor | PerChannel | PerBlock
-PER_TENSOR = PerTensor()  # the default granularity, shared so it is not built per call
+    def own_scale(self, x, axes):
+        """``mean(|x| : |x| > delta)`` over each group (TWN's closed form)."""
+        a = jnp.abs(x)
+        above = a > self.threshold * jnp.mean(a, axis=axes, keepdims=True)
+        total = jnp.sum(a * above, axis=axes, keepdims=True)
+        return total / jnp.maximum(jnp.sum(above, axis=axes, keepdims=True), 1)

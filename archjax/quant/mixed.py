@@ -28,7 +28,7 @@ import numpy as np
 
 from archjax.analysis.hessian import TraceEstimate, module_path, param_paths
 from archjax.quant.calibration import calibrate
-from archjax.quant.formats import IntFormat, PerChannel
+from archjax.quant.formats import IntFormat
 from archjax.quant.numerics import fake_quant
 from archjax.quant.rules import QuantRule
 
@@ -75,15 +75,16 @@ def uniform_int(bits: int) -> Candidate:
 
 
 def _format_quantizer(fmt: Any) -> Callable[[jax.Array], jax.Array]:
-    """Quantize-dequantize with an archjax.quant Format, per channel with absmax scales.
+    """Quantize-dequantize with an archjax.quant Format and absmax scales.
 
-    The defaults of ``QuantRule`` (``PerChannel(-1)``, ``"absmax"``); 1-D weights per tensor.
+    The format's ``weight_granularity`` (``PerChannel(-1)``, the default of ``QuantRule``,
+    or blocks along the input axis for NF4 / MX); 1-D weights per tensor.
     """
 
     def quantize(w: jax.Array) -> jax.Array:
         if w.ndim < 2:
             return fake_quant(w, fmt, calibrate(w, fmt))
-        gran = PerChannel(-1)
+        gran = fmt.weight_granularity
         return fake_quant(w, fmt, calibrate(w, fmt, granularity=gran), granularity=gran)
 
     return quantize

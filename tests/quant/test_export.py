@@ -1,16 +1,25 @@
 """Export: packed codes + scales in an Orbax checkpoint; reloading gives identical outputs."""
 
 import chex
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import archjax.models as models
 from archjax.quant import (
+    MXFP4,
+    MXFP6_E2M3,
+    MXINT8,
+    BinaryFormat,
     FloatFormat,
     IntFormat,
+    NF4Format,
     QuantRule,
+    calibrate,
     calibrate_model,
+    fake_quant,
     first_last_rules,
     quantize,
 )
@@ -60,3 +69,53 @@ def test_export_refuses_computed_kernels(tmp_path):
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
     with pytest.raises(ValueError, match="computed kernels"):
         export(model, variables, str(tmp_path / "ckpt"), x, train=False)
+
+
+class _Mlp(nn.Module):
+    """Kernels [64, 64] and [64, 32]: their input axis holds whole NF4 / MX blocks."""
+
+    @nn.compact
+    def __call__(self, x):
+        hidden = nn.relu(nn.Dense(64, name="Dense_0")(x))
+        return nn.Dense(32, name="Dense_1")(hidden)
+
+
+@pytest.mark.parametrize(
+    "fmt, packed",
+    [(NF4Format(), True), (MXFP4, True), (MXFP6_E2M3, False), (MXINT8, False)],
+    ids=lambda v: getattr(v, "name", str(v)),
+)
+def test_block_formats_through_rules_and_export(tmp_path, fmt, packed):
+    """A QuantRule with NF4 / MX weights fake-quantizes the kernels; export packs 4-bit codes."""
+    rules = [QuantRule(pattern=".*", weight=fmt, weight_granularity=fmt.weight_granularity)]
+    model = quantize(_Mlp(), rules)
+    x = jax.random.normal(jax.random.key(0), (4, 64))
+    variables = model.init(jax.random.key(1), x)
+    params = variables["params"]
+
+    def by_hand(k):
+        qp = calibrate(k, fmt, granularity=fmt.weight_granularity)
+        return fake_quant(k, fmt, qp, granularity=fmt.weight_granularity)
+
+    h = jax.nn.relu(x @ by_hand(params["Dense_0"]["kernel"]) + params["Dense_0"]["bias"])
+    want = h @ by_hand(params["Dense_1"]["kernel"]) + params["Dense_1"]["bias"]
+    got = model.apply(variables, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    meta = export(model, variables, str(tmp_path / "ckpt"), x)
+    layer = meta["layers"]["Dense_0/kernel"]
+    assert (layer["format"], layer["packed"]) == (fmt.name, packed)
+    assert layer["bytes"] == 64 * 64 * (fmt.bits if packed else 8) // 8
+    model2, variables2 = load(model, str(tmp_path / "ckpt"))
+    chex.assert_trees_all_equal(model2.apply(variables2, x), got)
+
+
+def test_export_keeps_levels_unpacked(tmp_path):
+    """Binary weights are levels in {-1, 1}, not bit patterns: stored as int8, reloaded exactly."""
+    rules = [QuantRule(pattern=".*", weight=BinaryFormat())]
+    model = quantize(_Mlp(), rules)
+    x = jnp.ones((2, 64))
+    variables = model.init(jax.random.key(1), x)
+    meta = export(model, variables, str(tmp_path / "ckpt"), x)
+    assert not meta["layers"]["Dense_1/kernel"]["packed"]
+    model2, variables2 = load(model, str(tmp_path / "ckpt"))
+    chex.assert_trees_all_equal(model2.apply(variables2, x), model.apply(variables, x))

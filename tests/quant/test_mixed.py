@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 
 from archjax import analysis
-from archjax.quant import FloatFormat, IntFormat, match_rule, mixed
+from archjax.quant import (
+    MXFP4,
+    FloatFormat,
+    IntFormat,
+    NF4Format,
+    calibrate,
+    fake_quant,
+    match_rule,
+    mixed,
+)
 
 
 def _brute_force(values, costs, budget):
@@ -157,3 +166,14 @@ def test_formats_are_candidates_and_plans_become_rules(mlp):
     rules = mixed.to_quant_rules(plan)
     for choice in plan.choices:
         assert match_rule(rules, choice.path).weight == choice.candidate.format
+
+
+def test_block_formats_are_candidates():
+    """NF4 / MX candidates quantize with their own blocks (along the kernel's input axis)."""
+    w = jax.random.normal(jax.random.key(0), (64, 3))
+    for fmt in (NF4Format(), MXFP4):
+        cand = mixed.as_candidate(fmt)
+        gran = fmt.weight_granularity
+        want = fake_quant(w, fmt, calibrate(w, fmt, granularity=gran), granularity=gran)
+        assert (cand.bits, cand.name) == (fmt.bits, fmt.name)
+        np.testing.assert_array_equal(cand.quantize(w), want)
