@@ -2,20 +2,25 @@
 
 Configs are ``ml_collections.ConfigDict`` files whose ``get_config(arg)`` starts
 from ``experiments/configs/default.py``; every key they may hold is defined
-there, so a misspelt key fails at once with the list of allowed keys.
+there, so a misspelt key fails at once with the list of allowed keys. On the
+command line ``config_flags.DEFINE_config_file`` loads them and applies
+``--config.<key>=<value>`` overrides (:func:`define_config_flag`); a file's
+``:arg`` holds only the arguments it declares (:func:`parse_arg`).
 """
 
 from __future__ import annotations
 
-import ast
 import difflib
 import importlib.util
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from archjax import data, models, optim
 from archjax import train as T
@@ -24,7 +29,7 @@ _HERE = os.path.dirname(__file__)
 DEFAULT_CONFIG = os.path.join(_HERE, "configs", "default.py")
 
 # Free-form sub-dicts: their keys are checked by the function they are passed to.
-_FREE_FORM = ("dataset_kwargs", "model_kwargs")
+FREE_FORM = ("dataset_kwargs", "model_kwargs")
 _POSITIVE_INTS = ("batch_size", "num_steps", "log_every", "eval_every", "eval_batch_size",
                   "checkpoint_every", "keep_checkpoints", "image_size")  # fmt: skip
 
@@ -46,15 +51,34 @@ def _allowed(keys: Sequence[str], bad: str) -> str:
     return f"{hint} Allowed keys: {', '.join(sorted(keys))}."
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ``ValueError`` naming the first unknown key or impossible value."""
-    reference = load_config(DEFAULT_CONFIG)
+def check_keys(
+    config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, where: str = "config"
+) -> None:
+    """Raises ``ValueError`` naming the first key that ``config`` and ``reference`` do not share.
+
+    Sub-dicts are compared recursively, except the free-form ``model_kwargs`` and
+    ``dataset_kwargs`` (checked by ``models.create`` and ``data.get_dataset``).
+    """
     for key in config:
         if key not in reference:
-            raise ValueError(f"Unknown config key {key!r}.{_allowed(list(reference), key)}")
+            raise ValueError(
+                f"Unknown config key {key!r} (under {where}).{_allowed(list(reference), key)}"
+            )
     for key in reference:
         if key not in config:
-            raise ValueError(f"Config is missing key {key!r} (start from configs/default.py).")
+            raise ValueError(
+                f"Config is missing key {key!r} (under {where}; start from configs/default.py)."
+            )
+        sub, ref = config[key], reference[key]
+        if key not in FREE_FORM and isinstance(ref, ml_collections.ConfigDict):
+            if not isinstance(sub, ml_collections.ConfigDict):
+                raise ValueError(f"config key {where}.{key} must be a dict, got {sub!r}.")
+            check_keys(sub, ref, f"{where}.{key}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ``ValueError`` naming the first unknown key or impossible value."""
+    check_keys(config, load_config(DEFAULT_CONFIG))
     if config.model not in models.list_models():
         raise ValueError(
             f"Unknown model {config.model!r} (config.model). "
@@ -129,82 +153,129 @@ def truncate_metrics(path: str, *, after_step: int) -> None:
             f.writelines(kept)
 
 
-# ``--config.model_kwargs.width_multiplier=2.0`` adds a key to a free-form sub-dict,
-# which config_flags cannot do; the parser takes these out and applies them after.
-_FREE_FORM_OVERRIDES: list[tuple[str, str, object]] = []
+def parse_arg(arg: str | None, **declared: object) -> ml_collections.ConfigDict:
+    """The ``key=value,...`` argument of ``get_config(arg)``, big_vision style.
 
+    A config file declares the arguments it takes, with their defaults; each value
+    is converted to its default's type. Config *keys* are overridden with
+    ``--config.<key>=<value>`` instead; an argument is for a choice that sets
+    several keys at once (a quantization scheme, a model family).
 
-def _parse_value(text: str) -> object:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text  # a bare string such as resnet32
+    Args:
+      arg: the text after the colon in ``--config=path.py:arg`` (None or "" for none).
+      **declared: argument name -> default value (bool, int, float or str).
 
+    Returns:
+      A ConfigDict with every declared argument.
 
-def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """Applies a config file's ``:arg`` string, "key=value,key=value" (Python literals)."""
+    Raises:
+      ValueError: an undeclared argument, or a value of the wrong type.
+
+    Example:
+      >>> parse_arg("scheme=w4a4", scheme="w8a8", calibration_batches=8)
+      calibration_batches: 8
+      scheme: w4a4
+    """
+    values = ml_collections.ConfigDict(declared)
     for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in config:
+        key, sep, text = item.partition("=")
+        if not sep or key not in declared:
+            names = ", ".join(sorted(declared)) or "none"
             raise ValueError(
-                f"Bad config argument {item!r}: expected key=value." + _allowed(list(config), key)
+                f"Bad config argument {item!r}: the config file's declared arguments are "
+                f"{names} (key=value); set config keys with --config.<key>=<value>."
             )
-        config[key] = _parse_value(value)
-    return config
+        kind = type(declared[key])
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                values[key] = text.lower() in ("true", "1")
+            else:
+                values[key] = kind(text)
+        except ValueError:
+            raise ValueError(
+                f"Bad config argument {item!r}: {key} takes a {kind.__name__}."
+            ) from None
+    return values
 
 
-def _split_overrides(argv: Sequence[str]) -> list[str]:
-    """Checks ``--config.a.b=v`` keys; returns argv without free-form overrides."""
-    spec = DEFAULT_CONFIG
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            spec = arg.split("=", 1)[1]
-        elif arg == "--config" and i + 1 < len(argv):
-            spec = argv[i + 1]
-    config = load_config(spec)
-    kept = []
-    for arg in argv:
-        if not arg.startswith("--config."):
-            kept.append(arg)
-            continue
-        key, _, value = arg[len("--config.") :].partition("=")
-        parts = key.split(".")
-        if parts[0] in _FREE_FORM and len(parts) == 2:
-            _FREE_FORM_OVERRIDES.append((parts[0], parts[1], _parse_value(value)))
-            continue
-        node = config
-        for depth, part in enumerate(parts):
-            keys = list(node) if isinstance(node, ml_collections.ConfigDict) else []
-            if part not in keys:
-                where = ".".join(["config", *parts[:depth]])
-                raise ValueError(
-                    f"Unknown config key {part!r} in {arg} (under {where}).{_allowed(keys, part)}"
-                )
-            node = node[part]
-        kept.append(arg)
-    return kept
+def define_config_flag(
+    default: str | ml_collections.ConfigDict, help_string: str = "Config file, 'path.py[:arg]'."
+):
+    """``--config=path.py[:arg]`` with ``--config.<key>=<value>`` overrides, via config_flags.
+
+    The config is loaded unlocked and accepts new attributes, so that
+    ``--config.model_kwargs.<knob>=`` can add a knob to a free-form sub-dict;
+    :func:`checked_config` then refuses any key the config file does not define
+    outside those sub-dicts. Use with ``app.run(main, flags_parser=parse_flags)``.
+
+    Args:
+      default: the config file used without ``--config``, or a ConfigDict for a
+        script whose only config is built in code (``config_flags.DEFINE_config_dict``).
+      help_string: the flag's help.
+    """
+    options = dict(lock_config=False, accept_new_attributes=True)
+    define = (
+        config_flags.DEFINE_config_dict
+        if isinstance(default, ml_collections.ConfigDict)
+        else config_flags.DEFINE_config_file
+    )
+    try:  # without --config on the command line, the default is parsed right here
+        return define("config", default, help_string, **options)
+    except (KeyError, ValueError, TypeError, OSError) as e:
+        _exit_usage(e)
 
 
-def apply_free_form_overrides(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Applies the ``--config.<dataset|model>_kwargs.KEY=VALUE`` flags taken out by the parser."""
-    with config.unlocked():
-        for group, key, value in _FREE_FORM_OVERRIDES:
-            config[group][key] = value
-    return config
+def parse_flags(argv: list[str]) -> list[str]:
+    """``app.run``'s flags parser: a bad flag is one ``FATAL`` line and exit status 2."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, KeyError, ValueError, TypeError, OSError) as e:
+        _exit_usage(e)
 
 
-def preprocess_argv(argv: list[str]) -> None:
-    """Checks ``--config.*`` flags and takes out free-form ones, editing ``argv`` in place.
+def checked_config(
+    flag,
+    *checks: Callable[[ml_collections.ConfigDict], None],
+    reference: ml_collections.ConfigDict | None = None,
+) -> ml_collections.ConfigDict:
+    """The parsed ``--config``, checked, then locked; exit status 2 with one line if bad.
 
-    Call before ``config_flags.DEFINE_config_file``, which applies the overrides in
-    ``sys.argv`` as soon as it is defined. Exits with status 2 and a message naming
-    the key (and the allowed keys) if a ``--config.*`` flag names an unknown key.
+    Checks that every key is one the config itself defines (new keys are allowed
+    only in the free-form ``model_kwargs`` / ``dataset_kwargs``), then runs
+    ``checks`` (e.g. :func:`validate`).
+
+    Args:
+      flag: from :func:`define_config_flag`.
+      *checks: functions that raise ``ValueError`` naming a bad value.
+      reference: the config without overrides (default: the ``--config`` file, reloaded).
     """
     try:
-        argv[1:] = _split_overrides(argv[1:])
-    except (ValueError, FileNotFoundError) as e:
-        print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
-        sys.exit(2)
+        config = flag.value
+        if reference is None:
+            reference = load_config(flags.FLAGS[flag.name].config_filename)
+        check_keys(config, reference)
+        for check in checks:
+            check(config)
+    except (ValueError, OSError) as e:
+        _exit_usage(e)
+    config.lock()
+    return config
+
+
+def _exit_usage(error: BaseException) -> NoReturn:
+    """Prints the error that names the problem on one line, as absl does, and exits 2."""
+    # ml_collections re-raises get_config's error with a traceback as its message and
+    # absl wraps that again: go down the chain to the error that was raised first.
+    while "\n" in str(error).strip() and (error.__cause__ or error.__context__):
+        error = error.__cause__ or error.__context__
+    if isinstance(error, KeyError):  # config_flags could not find a --config.a.b parent
+        text = f"Unknown config key {error.args[0] if error.args else ''} in a --config.* flag."
+    else:
+        text = str(error).strip().splitlines()[-1]
+    print(f"FATAL Flags parsing error: {text}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _recipe_choices() -> dict[str, list]:

@@ -2,7 +2,7 @@ r"""The main archjax job: train and evaluate an image classifier, resumably.
 
   python -m experiments.train                                  # ResNet-20 on digits
   python -m experiments.train --workdir=runs/r32 --config.model=resnet32
-  python -m experiments.train --config=experiments/configs/default.py:num_steps=1000
+  python -m experiments.train --config=experiments/configs/default.py:model=resnet32
 
 Writes into the workdir (default ``runs/<config name>``): ``checkpoints/``,
 ``metrics.jsonl`` (one JSON object per log/eval event), ``curves.png`` and
@@ -28,7 +28,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 from tqdm import tqdm
 
 from archjax import data, models, optim, parallel
@@ -337,15 +336,7 @@ def default_workdir(config_path: str) -> str:
 
 def cli() -> None:
     """Entry point of ``python -m experiments.train``."""
-    # config_flags applies --config.* overrides as soon as the flag is defined, so
-    # unknown keys are reported (and free-form ones taken out) before that.
-    config_utils.preprocess_argv(sys.argv)
-    config_flag = config_flags.DEFINE_config_file(
-        "config",
-        config_utils.DEFAULT_CONFIG,
-        "Config file, optionally 'path:arg'.",
-        lock_config=True,
-    )
+    config_flag = config_utils.define_config_flag(config_utils.DEFAULT_CONFIG)
     workdir_flag = flags.DEFINE_string(
         "workdir", None, "Output directory (default: runs/<config file name>)."
     )
@@ -354,10 +345,9 @@ def cli() -> None:
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-        config = config_utils.apply_free_form_overrides(config_flag.value)
-        workdir = workdir_flag.value or default_workdir(
-            flags.FLAGS["config"].serialize().split("=", 1)[1]
-        )
+        # A config error is one line and exit status 2, before any directory is written.
+        config = config_utils.checked_config(config_flag, config_utils.validate)
+        workdir = workdir_flag.value or default_workdir(flags.FLAGS["config"].config_filename)
         summary = train_and_evaluate(config, workdir)
         acc = summary["test_accuracy"]
         acc_text = "n/a" if acc is None else f"{acc:.4f}"
@@ -370,7 +360,7 @@ def cli() -> None:
         if summary["interrupted"]:
             sys.exit(128 + summary["signal"])
 
-    app.run(main)
+    app.run(main, flags_parser=config_utils.parse_flags)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,6 +46,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from archjax.parallel import DATA_AXIS
+from archjax.tree_paths import check_pattern, match_path
 
 Params = Any
 Batch = Any
@@ -91,17 +91,10 @@ def classifier_loss(model: nn.Module, variables: dict[str, Any], *, train: bool 
     return loss_fn
 
 
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
 def param_paths(params: Params) -> list[str]:
     """The ``"/"``-joined path of every leaf of ``params``, in leaf order."""
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
-    return ["/".join(_key_name(k) for k in keypath) for keypath, _ in flat]
+    return [jax.tree_util.keystr(keypath, simple=True, separator="/") for keypath, _ in flat]
 
 
 def module_path(path: str) -> str:
@@ -117,7 +110,8 @@ def _predicate(subset: Selector) -> Callable[[str], bool]:
     if subset is None:
         return lambda _: True
     if isinstance(subset, str):
-        return re.compile(subset).search
+        check_pattern(subset, field="subset")
+        return functools.partial(match_path, subset)
     if callable(subset):
         return subset
     raise ValueError(

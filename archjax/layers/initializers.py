@@ -1,4 +1,4 @@
-"""Structured kernel initializers: ZerO and (delta-)orthogonal.
+"""Kernel initializers: ZerO, (delta-)orthogonal, and timm's truncated normal.
 
 Both follow the ``jax.nn.initializers`` signature ``init(key, shape, dtype)``
 and the Flax kernel layouts: dense ``[in, out]``, convolution
@@ -15,6 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 Initializer = Any  # (key, shape, dtype) -> jax.Array
+
+# timm initializes every linear / conv of ViT, MLP-Mixer and ConvNeXt with a 0.02
+# truncated normal; archjax's ports do the same so fresh models match timm's statistics.
+trunc_normal = jax.nn.initializers.truncated_normal(0.02)
 
 
 def _hadamard(m: int) -> np.ndarray:

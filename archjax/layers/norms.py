@@ -41,6 +41,9 @@ import jax.numpy as jnp
 
 NORM_KINDS = ("batch", "layer", "rms", "group", "batch_channel", "evonorm_s0", "none")
 
+# LayerNorm epsilon of timm's ViT, MLP-Mixer and ConvNeXt (torch's default is 1e-5).
+LN_EPS = 1e-6
+
 
 def _num_groups(channels: int, max_groups: int) -> int:
     """Largest divisor of ``channels`` that is at most ``max_groups``."""

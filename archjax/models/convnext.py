@@ -6,8 +6,8 @@ LayerNorm; four stages, each but the first opened by LayerNorm + 2x2/2 conv;
 blocks ``x + gamma * fc2(gelu(fc1(ln(dwconv7x7(x)))))`` with layer scale
 ``gamma`` initialized to 1e-6 (Touvron et al. 2021); global average pooling,
 LayerNorm and a linear head (timm's head has its norm before the classifier).
-LayerNorm epsilon is 1e-6. Stochastic depth and initialization are shared with
-:mod:`archjax.models.vit`.
+LayerNorm epsilon is 1e-6. Stochastic depth, initialization and the epsilon
+come from :mod:`archjax.layers`, as ViT's do.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from archjax.layers import DropPath
+from archjax.layers import LN_EPS, DropPath, trunc_normal
 from archjax.models.registry import register
 from archjax.models.torch_import import StateDictReader, register_converter
-from archjax.models.vit import LN_EPS, read_dense, read_layer_norm, trunc_normal
 
 
 class ConvNeXtBlock(nn.Module):
@@ -39,14 +38,15 @@ class ConvNeXtBlock(nn.Module):
         c = x.shape[-1]
         dense = functools.partial(nn.Dense, kernel_init=trunc_normal, dtype=self.dtype)
         y = nn.Conv(
-            c, (7, 7), padding=3, feature_group_count=c, kernel_init=trunc_normal,
-            dtype=self.dtype, name="conv_dw",
+            features=c, kernel_size=(7, 7), padding=3, feature_group_count=c,
+            kernel_init=trunc_normal, dtype=self.dtype, name="conv_dw",
         )(x)  # fmt: skip
         y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")(y)
-        y = nn.gelu(dense(int(c * self.mlp_ratio), name="fc1")(y), approximate=False)
-        y = dense(c, name="fc2")(y)
+        y = nn.gelu(dense(features=int(c * self.mlp_ratio), name="fc1")(y), approximate=False)
+        y = dense(features=c, name="fc2")(y)
         gamma = self.param("gamma", nn.initializers.constant(self.layer_scale_init), (c,))
-        return x + DropPath(self.drop_path_rate)(y * gamma.astype(self.dtype), train=train)
+        drop_path = DropPath(rate=self.drop_path_rate)
+        return x + drop_path(y * gamma.astype(self.dtype), train=train)
 
 
 class ConvNeXt(nn.Module):
@@ -84,24 +84,30 @@ class ConvNeXt(nn.Module):
         conv = functools.partial(
             nn.Conv, padding="VALID", kernel_init=trunc_normal, dtype=self.dtype
         )
-        x = conv(dims[0], (4, 4), strides=4, name="stem_conv")(x.astype(self.dtype))
+        x = conv(features=dims[0], kernel_size=(4, 4), strides=4, name="stem_conv")(
+            x.astype(self.dtype)
+        )
         x = norm(name="stem_norm")(x)
         total, done = sum(self.depths), 0
         for i, (depth, dim) in enumerate(zip(self.depths, dims, strict=True)):
             if i > 0:
                 x = norm(name=f"stage{i}_downsample_norm")(x)
-                x = conv(dim, (2, 2), strides=2, name=f"stage{i}_downsample_conv")(x)
+                x = conv(
+                    features=dim, kernel_size=(2, 2), strides=2, name=f"stage{i}_downsample_conv"
+                )(x)
             for j in range(depth):
                 x = ConvNeXtBlock(
-                    self.mlp_ratio,
-                    self.layer_scale_init,
-                    self.drop_path_rate * (done + j) / max(1, total - 1),
-                    self.dtype,
+                    mlp_ratio=self.mlp_ratio,
+                    layer_scale_init=self.layer_scale_init,
+                    drop_path_rate=self.drop_path_rate * (done + j) / max(1, total - 1),
+                    dtype=self.dtype,
                     name=f"stage{i}_block{j}",
                 )(x, train=train)
             done += depth
         x = norm(name="head_norm")(jnp.mean(x, axis=(1, 2)))
-        x = nn.Dense(self.num_classes, kernel_init=trunc_normal, dtype=self.dtype, name="head")(x)
+        x = nn.Dense(
+            features=self.num_classes, kernel_init=trunc_normal, dtype=self.dtype, name="head"
+        )(x)
         return x.astype(jnp.float32)
 
 
@@ -116,14 +122,14 @@ def _from_torch(arrays: Mapping[str, np.ndarray], name: str) -> dict:
     read = StateDictReader(arrays)
     params = {
         "stem_conv": {"kernel": read.conv("stem.0.weight"), "bias": read("stem.0.bias")},
-        "stem_norm": read_layer_norm(read, "stem.1"),
-        "head_norm": read_layer_norm(read, "head.norm"),
-        "head": read_dense(read, "head.fc"),
+        "stem_norm": read.layer_norm("stem.1"),
+        "head_norm": read.layer_norm("head.norm"),
+        "head": read.linear("head.fc"),
     }
     i = 0
     while f"stages.{i}.blocks.0.gamma" in arrays:
         if i > 0:
-            params[f"stage{i}_downsample_norm"] = read_layer_norm(read, f"stages.{i}.downsample.0")
+            params[f"stage{i}_downsample_norm"] = read.layer_norm(f"stages.{i}.downsample.0")
             params[f"stage{i}_downsample_conv"] = {
                 "kernel": read.conv(f"stages.{i}.downsample.1.weight"),
                 "bias": read(f"stages.{i}.downsample.1.bias"),
@@ -137,9 +143,9 @@ def _from_torch(arrays: Mapping[str, np.ndarray], name: str) -> dict:
                     "kernel": read.conv(f"{t}.conv_dw.weight"),
                     "bias": read(f"{t}.conv_dw.bias"),
                 },
-                "norm": read_layer_norm(read, f"{t}.norm"),
-                "fc1": read_dense(read, f"{t}.mlp.fc1"),
-                "fc2": read_dense(read, f"{t}.mlp.fc2"),
+                "norm": read.layer_norm(f"{t}.norm"),
+                "fc1": read.linear(f"{t}.mlp.fc1"),
+                "fc2": read.linear(f"{t}.mlp.fc2"),
                 "gamma": read(f"{t}.gamma"),
             }
             j += 1

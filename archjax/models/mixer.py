@@ -6,7 +6,7 @@ strided patch-embedding convolution, pre-LayerNorm blocks
 ``x + token_mlp(ln(x)^T)^T`` then ``x + channel_mlp(ln(x))`` (GELU MLPs, hidden
 sizes 0.5x and 4x the width), a final LayerNorm, mean over tokens and a linear
 head. LayerNorm epsilon is 1e-6, as in timm. The MLP, stochastic depth and
-initialization are shared with :mod:`archjax.models.vit`.
+initialization come from :mod:`archjax.layers`, as ViT's do.
 """
 
 from __future__ import annotations
@@ -19,17 +19,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from archjax.layers import DropPath
+from archjax.layers import LN_EPS, DropPath, Mlp, check_patch_input, trunc_normal
 from archjax.models.registry import register
 from archjax.models.torch_import import StateDictReader, register_converter
-from archjax.models.vit import (
-    LN_EPS,
-    Mlp,
-    check_patch_input,
-    read_dense,
-    read_layer_norm,
-    trunc_normal,
-)
 
 
 class MixerBlock(nn.Module):
@@ -45,11 +37,11 @@ class MixerBlock(nn.Module):
     def __call__(self, x, *, train: bool):
         norm = functools.partial(nn.LayerNorm, epsilon=LN_EPS, dtype=self.dtype)
         mlp = functools.partial(Mlp, dropout_rate=self.dropout_rate, dtype=self.dtype)
-        drop_path = DropPath(self.drop_path_rate)
+        drop_path = DropPath(rate=self.drop_path_rate)
         y = jnp.swapaxes(norm(name="norm1")(x), 1, 2)  # [batch, width, tokens]
-        y = jnp.swapaxes(mlp(self.token_hidden, name="mlp_tokens")(y, train=train), 1, 2)
+        y = jnp.swapaxes(mlp(hidden=self.token_hidden, name="mlp_tokens")(y, train=train), 1, 2)
         x = x + drop_path(y, train=train)
-        y = mlp(self.channel_hidden, name="mlp_channels")(norm(name="norm2")(x), train=train)
+        y = mlp(hidden=self.channel_hidden, name="mlp_channels")(norm(name="norm2")(x), train=train)
         return x + drop_path(y, train=train)
 
 
@@ -90,23 +82,23 @@ class MlpMixer(nn.Module):
         width = max(1, round(self.embed_dim * self.width_multiplier))
         p = self.patch_size
         x = nn.Conv(
-            width, (p, p), strides=p, padding="VALID", kernel_init=trunc_normal,
-            dtype=self.dtype, name="stem",
+            features=width, kernel_size=(p, p), strides=p, padding="VALID",
+            kernel_init=trunc_normal, dtype=self.dtype, name="stem",
         )(x.astype(self.dtype))  # fmt: skip
         x = x.reshape(x.shape[0], -1, width)
         for i in range(self.depth):
             x = MixerBlock(
-                int(width * self.token_mlp_ratio),
-                int(width * self.channel_mlp_ratio),
-                self.dropout_rate,
-                self.drop_path_rate * i / max(1, self.depth - 1),
-                self.dtype,
+                token_hidden=int(width * self.token_mlp_ratio),
+                channel_hidden=int(width * self.channel_mlp_ratio),
+                dropout_rate=self.dropout_rate,
+                drop_path_rate=self.drop_path_rate * i / max(1, self.depth - 1),
+                dtype=self.dtype,
                 name=f"block{i}",
             )(x, train=train)
         x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")(x)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=trunc_normal, name="head")(
-            jnp.mean(x, axis=1)
-        )
+        x = nn.Dense(
+            features=self.num_classes, dtype=self.dtype, kernel_init=trunc_normal, name="head"
+        )(jnp.mean(x, axis=1))
         return x.astype(jnp.float32)
 
 
@@ -130,19 +122,19 @@ def _from_torch(arrays: Mapping[str, np.ndarray], name: str) -> dict:
     read = StateDictReader(arrays)
     params = {
         "stem": {"kernel": read.conv("stem.proj.weight"), "bias": read("stem.proj.bias")},
-        "norm": read_layer_norm(read, "norm"),
-        "head": read_dense(read, "head"),
+        "norm": read.layer_norm("norm"),
+        "head": read.linear("head"),
     }
     i = 0
     while f"blocks.{i}.norm1.weight" in arrays:
         t = f"blocks.{i}"
         params[f"block{i}"] = {
-            "norm1": read_layer_norm(read, f"{t}.norm1"),
-            "norm2": read_layer_norm(read, f"{t}.norm2"),
+            "norm1": read.layer_norm(f"{t}.norm1"),
+            "norm2": read.layer_norm(f"{t}.norm2"),
             **{
                 mlp: {
-                    "fc1": read_dense(read, f"{t}.{mlp}.fc1"),
-                    "fc2": read_dense(read, f"{t}.{mlp}.fc2"),
+                    "fc1": read.linear(f"{t}.{mlp}.fc1"),
+                    "fc2": read.linear(f"{t}.{mlp}.fc2"),
                 }
                 for mlp in ("mlp_tokens", "mlp_channels")
             },

@@ -100,6 +100,14 @@ class StateDictReader:
         """A torch linear weight [out, in] as a Flax kernel [in, out]."""
         return np.transpose(self(key))
 
+    def linear(self, key: str) -> dict[str, np.ndarray]:
+        """A torch Linear (``key.weight``, ``key.bias``) as Flax Dense params."""
+        return {"kernel": self.dense(f"{key}.weight"), "bias": self(f"{key}.bias")}
+
+    def layer_norm(self, key: str) -> dict[str, np.ndarray]:
+        """A torch LayerNorm (``key.weight``, ``key.bias``) as Flax LayerNorm params."""
+        return {"scale": self(f"{key}.weight"), "bias": self(f"{key}.bias")}
+
     def check_all_used(self) -> None:
         unused = sorted(set(self._arrays) - self._used)
         if unused:

@@ -10,7 +10,8 @@ linear head on the class token. LayerNorm epsilon is 1e-6, as in timm.
 σReparam (Zhai et al., "Stabilizing Transformer Training by Preventing
 Attention Entropy Collapse", ICML 2023) replaces every Dense layer of the blocks
 (``qkv``, ``proj``, ``fc1``, ``fc2``) by ``W_hat = gamma / sigma(W) * W`` with
-``sigma(W)`` estimated by power iteration; see :class:`SigmaReparamDense`.
+``sigma(W)`` estimated by power iteration; see
+:class:`archjax.layers.SigmaReparamDense`.
 
 Every attention layer sows its mean attention entropy (the collapse that
 σReparam prevents) into ``intermediates``; read it with
@@ -20,7 +21,7 @@ Every attention layer sows its mean attention entropy (the collapse that
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -28,93 +29,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from archjax.layers import DropPath
+from archjax.layers import (
+    LN_EPS,
+    DropPath,
+    Mlp,
+    check_patch_input,
+    transformer_dense,
+    trunc_normal,
+)
 from archjax.models.registry import register
 from archjax.models.torch_import import StateDictReader, register_converter
-
-# timm initializes every linear / conv of these families with a 0.02 truncated normal.
-trunc_normal = nn.initializers.truncated_normal(0.02)
-LN_EPS = 1e-6
-
-
-def _normalize(v: jax.Array) -> jax.Array:
-    return v * jax.lax.rsqrt(jnp.sum(v * v) + 1e-24)
-
-
-@functools.partial(jax.jit, static_argnames="num_iterations")  # compiled once per shape
-def power_iteration(kernel: jax.Array, u: jax.Array, num_iterations: int) -> jax.Array:
-    """Power iteration for the top right singular vector of a Flax kernel.
-
-    Args:
-      kernel: ``[in, out]`` Dense kernel (torch's weight transposed; same singular values).
-      u: ``[out]`` current estimate (any non-zero vector).
-      num_iterations: number of ``u <- normalize(K^T normalize(K u))`` steps.
-
-    Returns:
-      The new unit-norm estimate, without gradient.
-
-    Example:
-      >>> u = power_iteration(kernel, jnp.ones(kernel.shape[1]), 50)
-      >>> sigma = jnp.linalg.norm(kernel @ u)  # ~ np.linalg.norm(kernel, 2)
-    """
-    kernel = jax.lax.stop_gradient(kernel)
-    body = lambda _, u: _normalize(kernel.T @ _normalize(kernel @ u))
-    return jax.lax.fori_loop(0, num_iterations, body, _normalize(jax.lax.stop_gradient(u)))
-
-
-class SigmaReparamDense(nn.Module):
-    """Dense layer with σReparam: ``y = x @ (gamma / sigma(W) * W) + b`` (Zhai et al. 2023).
-
-    ``sigma(W) = ||W u||`` where ``u`` is the power-iteration estimate of the top
-    right singular vector; gradient flows through ``W`` but not through ``u``.
-    ``u`` lives in the ``batch_stats`` collection under ``sigma_u`` (not a
-    parameter; the train step, ``TrainState`` and checkpoints already carry that
-    collection). It is set by ``init_power_iterations`` steps at init and moved by
-    ``n_power_iterations`` steps per call only when ``update_stats`` (train mode)
-    and ``batch_stats`` is mutable; in eval it is read, never written. ``gamma``
-    is a learned scalar initialized to 1, so at init ``W_hat`` has spectral norm 1.
-
-    Attributes:
-      features: output size.
-      update_stats: advance the power iteration (train mode).
-      n_power_iterations: power-iteration steps per training call (the paper uses 1).
-      init_power_iterations: steps taken at init, so the first estimate is accurate.
-      dtype: computation dtype; parameters stay float32.
-    """
-
-    features: int
-    update_stats: bool = False
-    n_power_iterations: int = 1
-    init_power_iterations: int = 20
-    dtype: Any = jnp.float32
-    kernel_init: Callable = trunc_normal
-
-    @nn.compact
-    def __call__(self, x):
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        gamma = self.param("gamma", nn.initializers.ones, (), jnp.float32)
-
-        def init_u():
-            u0 = jax.random.normal(self.make_rng("params"), (self.features,), jnp.float32)
-            return power_iteration(kernel, u0, self.init_power_iterations)
-
-        u = self.variable("batch_stats", "sigma_u", init_u)
-        u_now = u.value
-        if self.update_stats and not self.is_initializing():
-            u_now = power_iteration(kernel, u_now, self.n_power_iterations)
-            if self.is_mutable_collection("batch_stats"):
-                u.value = u_now
-        sigma = jnp.linalg.norm(kernel @ u_now)
-        self.sow("intermediates", "sigma", sigma)
-        w = (gamma / sigma) * kernel
-        return jnp.dot(x.astype(self.dtype), w.astype(self.dtype)) + bias.astype(self.dtype)
-
-
-def _dense(features: int, name: str, *, sigma_reparam: bool, train: bool, dtype) -> nn.Module:
-    if sigma_reparam:
-        return SigmaReparamDense(features, update_stats=train, dtype=dtype, name=name)
-    return nn.Dense(features, dtype=dtype, kernel_init=trunc_normal, name=name)
 
 
 def padded_attention(q, k, v, *, implementation: str, multiple: int) -> jax.Array:
@@ -159,10 +83,12 @@ class Attention(nn.Module):
             )
         b, n, d = x.shape
         dense = functools.partial(
-            _dense, sigma_reparam=self.sigma_reparam, train=train, dtype=self.dtype
+            transformer_dense, sigma_reparam=self.sigma_reparam, train=train, dtype=self.dtype
         )
         # Output layout [3, heads, head_dim], as timm's reshape of its fused qkv.
-        qkv = dense(3 * d, "qkv")(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
+        qkv = dense(features=3 * d, name="qkv")(x).reshape(
+            b, n, 3, self.num_heads, d // self.num_heads
+        )
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         fused = self.attention_impl != "einsum" and not (
             # The entropy probe and attention dropout need the probabilities themselves.
@@ -180,42 +106,13 @@ class Attention(nn.Module):
         # Mean over batch, heads and queries of -sum_k p log p; in [0, log n].
         entropy = -jnp.sum(jax.scipy.special.xlogy(probs, probs), axis=-1)
         self.sow("intermediates", "attention_entropy", jnp.mean(entropy))
-        probs = nn.Dropout(self.attention_dropout_rate, deterministic=not train)(probs)
+        probs = nn.Dropout(rate=self.attention_dropout_rate, deterministic=not train)(probs)
         y = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v).reshape(b, n, d)
         return self._project(y, dense, train)
 
     def _project(self, y, dense, train: bool):
-        y = dense(y.shape[-1], "proj")(y)
-        return nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-
-
-class Mlp(nn.Module):
-    """Dense -> GELU (exact, as torch) -> Dense, with dropout after each."""
-
-    hidden: int
-    dropout_rate: float = 0.0
-    sigma_reparam: bool = False
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, *, train: bool):
-        dense = functools.partial(
-            _dense, sigma_reparam=self.sigma_reparam, train=train, dtype=self.dtype
-        )
-        drop = nn.Dropout(self.dropout_rate, deterministic=not train)
-        y = drop(nn.gelu(dense(self.hidden, "fc1")(x), approximate=False))
-        return drop(dense(x.shape[-1], "fc2")(y))
-
-
-def check_patch_input(model: str, x: jax.Array, image_size: int, patch_size: int) -> None:
-    """Raises ``ValueError`` unless ``x`` is NHWC at ``image_size`` and patches tile it."""
-    if x.ndim != 4 or x.shape[1:3] != (image_size, image_size):
-        raise ValueError(
-            f"{model} expects NHWC images of {image_size}x{image_size} "
-            f"(the image_size knob), got shape {x.shape}."
-        )
-    if image_size % patch_size:
-        raise ValueError(f"image_size {image_size} is not a multiple of {patch_size}.")
+        y = dense(features=y.shape[-1], name="proj")(y)
+        return nn.Dropout(rate=self.dropout_rate, deterministic=not train)(y)
 
 
 class Block(nn.Module):
@@ -233,21 +130,24 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool):
         norm = functools.partial(nn.LayerNorm, epsilon=LN_EPS, dtype=self.dtype)
-        drop_path = DropPath(self.drop_path_rate)
+        drop_path = DropPath(rate=self.drop_path_rate)
         y = Attention(
-            self.num_heads,
-            self.attention_dropout_rate,
-            self.dropout_rate,
-            self.sigma_reparam,
-            self.dtype,
+            num_heads=self.num_heads,
+            attention_dropout_rate=self.attention_dropout_rate,
+            dropout_rate=self.dropout_rate,
+            sigma_reparam=self.sigma_reparam,
+            dtype=self.dtype,
             attention_impl=self.attention_impl,
             name="attn",
         )(norm(name="norm1")(x), train=train)
         x = x + drop_path(y, train=train)
-        hidden = int(x.shape[-1] * self.mlp_ratio)
-        y = Mlp(hidden, self.dropout_rate, self.sigma_reparam, self.dtype, name="mlp")(
-            norm(name="norm2")(x), train=train
-        )
+        y = Mlp(
+            hidden=int(x.shape[-1] * self.mlp_ratio),
+            dropout_rate=self.dropout_rate,
+            sigma_reparam=self.sigma_reparam,
+            dtype=self.dtype,
+            name="mlp",
+        )(norm(name="norm2")(x), train=train)
         return x + drop_path(y, train=train)
 
 
@@ -305,30 +205,30 @@ class ViT(nn.Module):
         width = heads * (self.embed_dim // self.num_heads)
         p = self.patch_size
         x = nn.Conv(
-            width, (p, p), strides=p, padding="VALID", kernel_init=trunc_normal,
-            dtype=self.dtype, name="patch_embed",
+            features=width, kernel_size=(p, p), strides=p, padding="VALID",
+            kernel_init=trunc_normal, dtype=self.dtype, name="patch_embed",
         )(x.astype(self.dtype))  # fmt: skip
         x = x.reshape(x.shape[0], -1, width)
         cls = self.param("cls_token", nn.initializers.zeros, (1, 1, width), jnp.float32)
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, width)).astype(x.dtype), x], 1)
         pos = self.param("pos_embed", trunc_normal, (1, x.shape[1], width), jnp.float32)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x + pos.astype(self.dtype))
+        x = nn.Dropout(rate=self.dropout_rate, deterministic=not train)(x + pos.astype(self.dtype))
         for i in range(self.depth):
             x = Block(
-                heads,
-                self.mlp_ratio,
-                self.dropout_rate,
-                self.attention_dropout_rate,
-                self.drop_path_rate * i / max(1, self.depth - 1),
-                self.sigma_reparam,
-                self.dtype,
+                num_heads=heads,
+                mlp_ratio=self.mlp_ratio,
+                dropout_rate=self.dropout_rate,
+                attention_dropout_rate=self.attention_dropout_rate,
+                drop_path_rate=self.drop_path_rate * i / max(1, self.depth - 1),
+                sigma_reparam=self.sigma_reparam,
+                dtype=self.dtype,
                 attention_impl=self.attention_impl,
                 name=f"block{i}",
             )(x, train=train)
         x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")(x)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=trunc_normal, name="head")(
-            x[:, 0]
-        )
+        x = nn.Dense(
+            features=self.num_classes, dtype=self.dtype, kernel_init=trunc_normal, name="head"
+        )(x[:, 0])
         return x.astype(jnp.float32)
 
 
@@ -366,16 +266,6 @@ for _name, (_dim, _depth, _heads, _patch) in _VARIANTS.items():
     )
 
 
-def read_layer_norm(read: StateDictReader, key: str) -> dict:
-    """A torch LayerNorm (``key.weight``, ``key.bias``) as Flax LayerNorm params."""
-    return {"scale": read(f"{key}.weight"), "bias": read(f"{key}.bias")}
-
-
-def read_dense(read: StateDictReader, key: str) -> dict:
-    """A torch Linear (``key.weight``, ``key.bias``) as Flax Dense params."""
-    return {"kernel": read.dense(f"{key}.weight"), "bias": read(f"{key}.bias")}
-
-
 @register_converter(r"vit_(tiny|small|base|large)_patch(16|32)_224")
 def _from_torch(arrays: Mapping[str, np.ndarray], name: str) -> dict:
     """timm ``VisionTransformer`` state dict -> variables (``sigma_reparam=False``)."""
@@ -387,22 +277,22 @@ def _from_torch(arrays: Mapping[str, np.ndarray], name: str) -> dict:
         },
         "cls_token": read("cls_token"),
         "pos_embed": read("pos_embed"),
-        "norm": read_layer_norm(read, "norm"),
-        "head": read_dense(read, "head"),
+        "norm": read.layer_norm("norm"),
+        "head": read.linear("head"),
     }
     i = 0
     while f"blocks.{i}.norm1.weight" in arrays:
         t = f"blocks.{i}"
         params[f"block{i}"] = {
-            "norm1": read_layer_norm(read, f"{t}.norm1"),
+            "norm1": read.layer_norm(f"{t}.norm1"),
             "attn": {
-                "qkv": read_dense(read, f"{t}.attn.qkv"),
-                "proj": read_dense(read, f"{t}.attn.proj"),
+                "qkv": read.linear(f"{t}.attn.qkv"),
+                "proj": read.linear(f"{t}.attn.proj"),
             },
-            "norm2": read_layer_norm(read, f"{t}.norm2"),
+            "norm2": read.layer_norm(f"{t}.norm2"),
             "mlp": {
-                "fc1": read_dense(read, f"{t}.mlp.fc1"),
-                "fc2": read_dense(read, f"{t}.mlp.fc2"),
+                "fc1": read.linear(f"{t}.mlp.fc1"),
+                "fc2": read.linear(f"{t}.mlp.fc2"),
             },
         }
         i += 1

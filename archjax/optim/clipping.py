@@ -5,29 +5,24 @@ Both are ``optax.GradientTransformation``s meant to run first in an ``optax.chai
 
 from __future__ import annotations
 
-import re
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.tree_util import keystr
+
+from archjax.tree_paths import check_pattern, match_path
 
 # Every archjax classifier names its last Dense layer "head" (see archjax/models).
 CLASSIFIER_PATTERN = r"^head/"
 
 
-def _path_str(path) -> str:
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-    return "/".join(parts)
-
-
 def path_mask(pattern: str, *, match: bool):
     """A mask function for ``optax.masked``: leaves whose "a/b/c" path matches ``pattern``.
+
+    The path is ``jax.tree_util.keystr(path, simple=True, separator="/")`` and the
+    match is :func:`archjax.tree_paths.match_path`, as for sharding and quantization rules.
 
     Args:
       pattern: a regex searched in each parameter path (``"head/kernel"``).
@@ -40,11 +35,12 @@ def path_mask(pattern: str, *, match: bool):
       >>> path_mask(r"^head/", match=False)({"head": {"kernel": w}, "conv": {"kernel": v}})
       {'conv': {'kernel': True}, 'head': {'kernel': False}}
     """
-    regex = re.compile(pattern)
+    check_pattern(pattern, field="path_mask")
 
     def mask(params):
         return jax.tree_util.tree_map_with_path(
-            lambda p, _: bool(regex.search(_path_str(p))) == match, params
+            lambda p, _: match_path(pattern, keystr(p, simple=True, separator="/")) == match,
+            params,
         )
 
     return mask

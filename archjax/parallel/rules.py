@@ -24,7 +24,6 @@ absent or of size 1, or that does not divide the dimension, leaves it whole.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +31,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from archjax.parallel.mesh import BATCH_AXES, FSDP_AXIS, MODEL_AXIS
+from archjax.tree_paths import check_pattern, first_match
 
 LogicalAxes = tuple[str | None, ...]
 MeshAxes = str | tuple[str, ...] | None
@@ -82,25 +82,14 @@ class ShardingRules:
 
     def __post_init__(self):
         for pattern, _ in self.param_rules:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"param_rules: bad regex {pattern!r}: {e}.") from None
+            check_pattern(pattern, field="param_rules")
         if self.fsdp_min_size < 0:
             raise ValueError(f"fsdp_min_size must be >= 0, got {self.fsdp_min_size}.")
 
 
 def path_name(path: Sequence[Any]) -> str:
-    """A tree path as a '/'-joined string: ``params/block0/attn/qkv/kernel``."""
-    parts = []
-    for entry in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-        else:
-            parts.append(str(entry))
-    return "/".join(parts)
+    """A tree path as the string the rules match: ``params/block0/attn/qkv/kernel``."""
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def _mesh_axes(name: str | None, mesh: Mesh, rules: ShardingRules) -> tuple[str, ...]:
@@ -114,10 +103,9 @@ def _mesh_axes(name: str | None, mesh: Mesh, rules: ShardingRules) -> tuple[str,
 
 def logical_axes(path: str, ndim: int, rules: ShardingRules) -> LogicalAxes:
     """The logical axes of the leaf at ``path`` (all ``None`` if no rule matches)."""
-    for pattern, names in rules.param_rules:
-        if len(names) == ndim and re.search(pattern, path):
-            return tuple(names)
-    return (None,) * ndim
+    fitting = (rule for rule in rules.param_rules if len(rule[1]) == ndim)
+    rule = first_match(fitting, path, pattern=lambda rule: rule[0])
+    return (None,) * ndim if rule is None else tuple(rule[1])
 
 
 def partition_spec(

@@ -1,6 +1,7 @@
 """Quantization rules: *which* layers (a module-path regex) separate from *how*.
 
-A rule names a regular expression that is searched (``re.search``) in each
+A rule names a regular expression that is searched (``re.search``, through
+:mod:`archjax.tree_paths`, as sharding rules and optimizer masks are) in each
 layer's "/"-joined Flax module path (``"stage1/block0/conv1"``, ``"head"``), and
 the formats, granularities and calibration used for that layer's weights and
 input activations. The first matching rule wins, so specific rules go first:
@@ -14,12 +15,12 @@ Pareto-optimal 4-bit ResNets (Abdolrashidi et al., 2021) and HAWQ.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Sequence
 
 from archjax.quant.calibration import CALIBRATION_METHODS as _CALIBRATIONS
 from archjax.quant.formats import Format, PerChannel, PerTensor
 from archjax.quant.numerics import STE_VARIANTS as _STES
+from archjax.tree_paths import check_pattern, first_match
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -50,10 +51,7 @@ class QuantRule:
     learned_scale: bool = False
 
     def __post_init__(self):
-        try:
-            re.compile(self.pattern)
-        except re.error as e:
-            raise ValueError(f"QuantRule.pattern {self.pattern!r} is not a regex: {e}") from None
+        check_pattern(self.pattern, field="QuantRule.pattern")
         for field in ("weight_calibration", "activation_calibration"):
             value = getattr(self, field)
             if value not in _CALIBRATIONS:
@@ -78,10 +76,7 @@ def match_rule(rules: Sequence[QuantRule], path: str) -> QuantRule | None:
       >>> match_rule([QuantRule(pattern="head", weight=IntFormat(bits=8))], "head").pattern
       'head'
     """
-    for rule in rules:
-        if re.search(rule.pattern, path):
-            return rule
-    return None
+    return first_match(rules, path, pattern=lambda rule: rule.pattern)
 
 
 def first_last_rules(

@@ -8,9 +8,12 @@ Run it (the README's first command does exactly this):
   python -m experiments.train
   python -m experiments.train --config=experiments/configs/default.py \
       --workdir=runs/digits_wide --config.model_kwargs.width_multiplier=2.0
+  python -m experiments.train --config=experiments/configs/default.py:model=resnet32 \
+      --config.num_steps=800
 
-`get_config(arg)` takes an optional comma-separated "key=value" string, e.g.
-`--config=experiments/configs/default.py:model=resnet32,num_steps=800`.
+Any key is overridden with `--config.<key>=<value>`. The one declared argument
+of `get_config(arg)` is `model` (a name from archjax.models.list_models()); the
+default workdir is named after it (`runs/default_modelresnet32`).
 """
 
 import ml_collections
@@ -19,7 +22,8 @@ from experiments import config_utils
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Returns the default config; ``arg`` is "key=value,..." applied on top."""
+    """Returns the default config; ``arg``: "model=<name>" (see the module docstring)."""
+    args = config_utils.parse_arg(arg, model="resnet20")
     c = ml_collections.ConfigDict()
     c.seed = 0
 
@@ -32,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.random_flip = False  # digits are not mirror symmetric
 
     # Model: a name from archjax.models.list_models(); knobs go to models.create().
-    c.model = "resnet20"
+    c.model = args.model
     c.model_kwargs = ml_collections.ConfigDict()  # e.g. {"width_multiplier": 2.0}
 
     # Optimisation.
@@ -90,4 +94,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.keep_best_checkpoints = 0  # also keep this many best by test accuracy
     c.async_checkpoints = True  # write in the background; the loop waits only for the copy
 
-    return config_utils.apply_arg(c, arg)
+    return c

@@ -30,7 +30,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from archjax import analysis, data
 from archjax.quant import IntFormat, QuantRule, calibrate_model, mixed, quantize
@@ -43,7 +42,8 @@ KERNELS = r"(^|/)kernel$"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The main job's config plus a ``quant`` block."""
+    """The main job's config plus a ``quant`` block (no declared ``arg``)."""
+    config_utils.parse_arg(arg)
     c = default.get_config()
     c.quant = ml_collections.ConfigDict()
     c.quant.candidates = "2,3,4,6,8"  # weight bits a layer may get (IntFormat, per channel)
@@ -51,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.quant.hessian_batches = 4  # un-augmented train batches of the full-data trace
     c.quant.hutchinson_probes = 64
     c.quant.calibration_batches = 4
-    return config_utils.apply_arg(c, arg)
+    return c
 
 
 def _bits(spec: str, name: str) -> list[int]:
@@ -189,16 +189,15 @@ def _plot(rows: list[dict[str, Any]], path: str) -> None:
 
 def cli() -> None:
     """Entry point of ``python -m experiments.quant.mixed_precision``."""
-    config_flag = config_flags.DEFINE_config_dict(
-        "config", get_config(), "Config.", lock_config=True
-    )
+    config_flag = config_utils.define_config_flag(get_config(), "Config.")
     workdir_flag = flags.DEFINE_string("workdir", "runs/mixed_precision", "Output directory.")
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
         logging.set_verbosity(logging.WARNING)
-        result = train_and_evaluate(config_flag.value, workdir_flag.value)
+        config = config_utils.checked_config(config_flag, reference=get_config())
+        result = train_and_evaluate(config, workdir_flag.value)
         print(
             f"Hessian trace of the kernels: {result['trace']:.3f} +- {result['trace_stderr']:.3f}"
         )
@@ -211,7 +210,7 @@ def cli() -> None:
                 f"{sens} | {r['test_accuracy']:.4f} |"
             )
 
-    app.run(main, argv=sys.argv)
+    app.run(main, argv=sys.argv, flags_parser=config_utils.parse_flags)
 
 
 if __name__ == "__main__":

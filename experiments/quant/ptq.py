@@ -24,10 +24,10 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from archjax import data
 from archjax.quant import calibrate_model, fold_batchnorm, quantize, reestimate_batch_stats
+from experiments import config_utils
 from experiments import train as main_job
 from experiments.quant import common
 
@@ -70,21 +70,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def cli() -> None:
     """Entry point of ``python -m experiments.quant.ptq``."""
-    config_flag = config_flags.DEFINE_config_file(
-        "config", os.path.join(_HERE, "configs", "ptq.py"), "Config file.", lock_config=True
-    )
+    config_flag = config_utils.define_config_flag(os.path.join(_HERE, "configs", "ptq.py"))
     workdir_flag = flags.DEFINE_string("workdir", "runs/ptq", "Output directory.")
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
         logging.set_verbosity(logging.WARNING)
-        results = train_and_evaluate(config_flag.value, workdir_flag.value)
+        results = train_and_evaluate(config_utils.checked_config(config_flag), workdir_flag.value)
         print("| model | test accuracy |\n|---|---|")
         for k, v in results.items():
             print(f"| {k} | {v:.4f} |")
 
-    app.run(main, argv=sys.argv)
+    app.run(main, argv=sys.argv, flags_parser=config_utils.parse_flags)
 
 
 if __name__ == "__main__":

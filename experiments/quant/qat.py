@@ -19,9 +19,9 @@ from typing import Any
 
 import ml_collections
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from archjax.quant import calibrate_model, quantize
+from experiments import config_utils
 from experiments import train as main_job
 from experiments.quant import common
 
@@ -57,16 +57,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def cli() -> None:
     """Entry point of ``python -m experiments.quant.qat``."""
-    config_flag = config_flags.DEFINE_config_file(
-        "config", os.path.join(_HERE, "configs", "qat.py"), "Config file.", lock_config=True
-    )
+    config_flag = config_utils.define_config_flag(os.path.join(_HERE, "configs", "qat.py"))
     workdir_flag = flags.DEFINE_string("workdir", None, "Output dir (default runs/qat_<scheme>).")
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
         logging.set_verbosity(logging.WARNING)
-        config = config_flag.value
+        config = config_utils.checked_config(config_flag)
         workdir = workdir_flag.value or os.path.join("runs", f"qat_{config.quant.scheme}")
         r = train_and_evaluate(config, workdir)
         print(
@@ -76,7 +74,7 @@ def cli() -> None:
             flush=True,
         )
 
-    app.run(main, argv=sys.argv)
+    app.run(main, argv=sys.argv, flags_parser=config_utils.parse_flags)
 
 
 if __name__ == "__main__":

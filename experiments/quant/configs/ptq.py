@@ -14,10 +14,11 @@ from experiments.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The main job's config plus a ``quant`` block."""
+    """The main job's config plus a ``quant`` block (no declared ``arg``)."""
+    config_utils.parse_arg(arg)
     c = default.get_config()
     c.quant = ml_collections.ConfigDict()
     c.quant.schemes = "w8a8,w4a8"  # comma-separated names from experiments.quant.common.SCHEMES
     c.quant.calibration_batches = 8  # train batches that fix the static activation scales
     c.quant.bn_reestimation_batches = 30  # train-mode batches that re-estimate BatchNorm
-    return config_utils.apply_arg(c, arg)
+    return c

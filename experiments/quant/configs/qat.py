@@ -15,14 +15,10 @@ from experiments.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The main job's config plus a ``quant`` block; ``arg``: "scheme=w4a4,num_steps=..."."""
+    """The main job's config plus a ``quant`` block; ``arg``: "scheme=w4a4" (declared)."""
+    args = config_utils.parse_arg(arg, scheme="w8a8")
     c = default.get_config()
     c.quant = ml_collections.ConfigDict()
-    c.quant.scheme = "w8a8"  # float, w8a8, w4a8, w4a4, binary, ternary, fp8
+    c.quant.scheme = args.scheme  # float, w8a8, w4a8, w4a4, binary, ternary, fp8
     c.quant.calibration_batches = 8  # train batches that fix the static activation scales
-    if arg:
-        pairs = dict(kv.split("=", 1) for kv in arg.split(","))
-        if "scheme" in pairs:
-            c.quant.scheme = pairs.pop("scheme")
-        arg = ",".join(f"{k}={v}" for k, v in pairs.items()) or None
-    return config_utils.apply_arg(c, arg)
+    return c
