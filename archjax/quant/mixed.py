@@ -31,6 +31,7 @@ from archjax.quant.calibration import calibrate
 from archjax.quant.formats import IntFormat
 from archjax.quant.numerics import fake_quant
 from archjax.quant.rules import QuantRule
+from archjax.tree_paths import check_pattern, match_path
 
 METHODS = ("auto", "milp", "dp", "greedy")
 # Above this many layers "auto" uses the greedy allocation instead of the integer program.
@@ -180,10 +181,10 @@ def sensitivities(
     if not cands:
         raise ValueError("sensitivities needs at least one candidate.")
     per_layer = traces.per_layer if isinstance(traces, TraceEstimate) else dict(traces)
-    pattern = re.compile(weight)
+    check_pattern(weight, field="weight")
     weights: dict[str, list[jax.Array]] = {}
     for path, leaf in zip(param_paths(params), jax.tree.leaves(params), strict=True):
-        if pattern.search(path):
+        if match_path(weight, path):
             weights.setdefault(module_path(path), []).append(leaf)
     missing = [name for name in per_layer if name not in weights]
     if missing:

@@ -37,8 +37,9 @@ class QuantRule:
     weight: Format | None = None
     # Format of the layer's input activations; None keeps them in float.
     activation: Format | None = None
-    # Granularity of weight scales; the default is one scale per output channel.
-    weight_granularity: object = dataclasses.field(default_factory=lambda: PerChannel(-1))
+    # Granularity of weight scales; None = the format's own (`Format.weight_granularity`:
+    # one scale per output channel for int/float formats, the blocks of NF4 and MX).
+    weight_granularity: object = None
     # Granularity of activation scales; the default is one scale for the tensor.
     activation_granularity: object = dataclasses.field(default_factory=PerTensor)
     # How weight scales are computed: "absmax", "percentile" or "mse".
@@ -52,6 +53,9 @@ class QuantRule:
 
     def __post_init__(self):
         check_pattern(self.pattern, field="QuantRule.pattern")
+        if self.weight_granularity is None:  # resolved once, so rules compare by value
+            default = PerChannel(-1) if self.weight is None else self.weight.weight_granularity
+            object.__setattr__(self, "weight_granularity", default)
         for field in ("weight_calibration", "activation_calibration"):
             value = getattr(self, field)
             if value not in _CALIBRATIONS:

@@ -194,3 +194,20 @@ def test_nf4_granularity_name_and_gradients():
     for method in ("mse", "percentile"):
         s = calibrate(w, small, granularity=gran, method=method).scale
         assert (np.asarray(s) <= np.asarray(qp.scale) * (1 + 1e-6)).all()
+
+
+def test_quant_rule_defaults_to_the_formats_own_granularity():
+    """A rule that names NF4 or MX and no granularity takes the format's blocks; an int
+    rule keeps one scale per output channel; an explicit choice always wins."""
+    from archjax.quant import IntFormat, MXFormat, PerChannel, QuantRule
+
+    assert QuantRule(pattern="", weight=FMT).weight_granularity == PerBlock(64, axis=-2)
+    mx = MXFormat(element="e2m1")
+    assert QuantRule(pattern="", weight=mx).weight_granularity == PerBlock(32, axis=-2)
+    assert QuantRule(pattern="", weight=IntFormat(bits=4)).weight_granularity == PerChannel(-1)
+    assert QuantRule(pattern="").weight_granularity == PerChannel(-1)
+    explicit = QuantRule(pattern="", weight=FMT, weight_granularity=GRAN)
+    assert explicit.weight_granularity == GRAN
+    assert QuantRule(pattern="", weight=FMT) == QuantRule(
+        pattern="", weight=FMT, weight_granularity=PerBlock(64, axis=-2)
+    )
