@@ -16,6 +16,10 @@ second moments, a *linear map without zero* (``(i + 1) / 16``) because a
 second moment rounded to zero turns ``m / sqrt(v)`` into a spike. Two codes are
 packed in one byte.
 
+Encoding finds the nearest code without a search or a gather (see :func:`_encode`):
+the index follows from the map's construction (sign, decade, linear fraction), with
+ties and decade boundaries resolved exactly as "count the float32 midpoints below x".
+
 The wrapper is generic: :func:`quantize_state` takes any optax optimizer,
 dequantizes its state before ``update`` and re-quantizes the new state after,
 so the arithmetic is the inner optimizer's own, in float32.
