@@ -4,16 +4,19 @@ The pytree is ResNet-50's parameters (``jax.eval_shape`` of archjax ``resnet50``
 1000 classes, 25.6M parameters), filled with random values; each variant is
 ``optax.adam`` (float32 state) or ``archjax.optim.quantize_state(optax.adam, bits)``.
 Reported per variant: state bytes (summed over the real arrays) and bytes per
-parameter, and the median wall time of one jitted ``update + apply_updates``
-(rounds interleaved across variants so that machine load hits all alike), with
-ratios to float32.
+parameter, and the median time of one jitted ``update + apply_updates`` with the
+gradients passed as an argument, as a train step passes them (rounds interleaved
+across variants so that machine load hits all alike), with ratios to float32: wall
+time and the process's CPU time (all threads; on a shared machine the wall time also
+counts waiting for a core). The load average is printed before and after.
 
-  python -m benchmarks.optim --rounds=5
+  taskset -c 1 python -m benchmarks.optim --rounds=5
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import jax
@@ -41,48 +44,56 @@ def _variant(bits: int) -> optax.GradientTransformation:
     return adam if bits == 32 else optim.quantize_state(adam, bits=bits)
 
 
+def _load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main(rounds: int = 5, steps: int = 3) -> None:
     params = resnet50_params()
     n = sum(p.size for p in jax.tree.leaves(params))
     grads = jax.tree.map(lambda p: p * 0.1 + 1e-3, params)
     print(
         f"ResNet-50 pytree: {n / 1e6:.2f}M parameters, {len(jax.tree.leaves(params))} tensors; "
-        f"jax {jax.__version__}, {jax.devices()[0].platform} x{jax.device_count()}"
+        f"jax {jax.__version__}, {jax.devices()[0].platform} x{jax.device_count()}; {_load()}"
     )
     variants = {}
     for bits in (32, 8, 4):
         tx = _variant(bits)
 
         @jax.jit
-        def step(params, state, tx=tx):
+        def step(params, state, grads, tx=tx):
             updates, state = tx.update(grads, state, params)
             return optax.apply_updates(params, updates), state
 
         state = jax.jit(tx.init)(params)
-        p, state = step(params, state)  # compile + first step
+        p, state = step(params, state, grads)  # compile + first step
         jax.block_until_ready(state)
-        variants[bits] = {"step": step, "state": state, "params": p, "times": []}
+        variants[bits] = {"step": step, "state": state, "params": p, "wall": [], "cpu": []}
     for _ in range(rounds):
         for v in variants.values():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             for _ in range(steps):
-                v["params"], v["state"] = v["step"](v["params"], v["state"])
+                v["params"], v["state"] = v["step"](v["params"], v["state"], grads)
             jax.block_until_ready(v["state"])
-            v["times"].append((time.perf_counter() - start) / steps)
+            v["wall"].append((time.perf_counter() - wall) / steps)
+            v["cpu"].append((time.process_time() - cpu) / steps)
     base_bytes = optim.state_bytes(variants[32]["state"])
-    base_time = float(np.median(variants[32]["times"]))
+    base_wall = float(np.median(variants[32]["wall"]))
+    base_cpu = float(np.median(variants[32]["cpu"]))
     print(
-        f"{'state':>8} | {'MiB':>8} | {'B/param':>7} | {'x fp32':>6} | {'update ms':>9} | "
-        f"{'x fp32':>6}"
+        f"{'state':>8} | {'MiB':>8} | {'B/param':>7} | {'x fp32':>6} | {'wall ms':>8} | "
+        f"{'x fp32':>6} | {'cpu ms':>8} | {'x fp32':>6}"
     )
     for bits, v in variants.items():
         b = optim.state_bytes(v["state"])
-        t = float(np.median(v["times"]))
+        wall, cpu = float(np.median(v["wall"])), float(np.median(v["cpu"]))
         label = "float32" if bits == 32 else f"{bits}-bit"
         print(
             f"{label:>8} | {b / 2**20:8.1f} | {b / n:7.3f} | {b / base_bytes:6.3f} | "
-            f"{t * 1e3:9.1f} | {t / base_time:6.2f}"
+            f"{wall * 1e3:8.1f} | {wall / base_wall:6.2f} | "
+            f"{cpu * 1e3:8.1f} | {cpu / base_cpu:6.2f}"
         )
+    print(_load())
 
 
 if __name__ == "__main__":

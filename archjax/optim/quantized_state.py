@@ -16,6 +16,10 @@ second moments, a *linear map without zero* (``(i + 1) / 16``) because a
 second moment rounded to zero turns ``m / sqrt(v)`` into a spike. Two codes are
 packed in one byte.
 
+Encoding finds the nearest code without a search or a gather (see :func:`_encode`):
+the index follows from the map's construction (sign, decade, linear fraction), with
+ties and decade boundaries resolved exactly as "count the float32 midpoints below x".
+
 The wrapper is generic: :func:`quantize_state` takes any optax optimizer,
 dequantizes its state before ``update`` and re-quantizes the new state after,
 so the arithmetic is the inner optimizer's own, in float32.
@@ -130,44 +134,146 @@ def quantize_blockwise(
       >>> q = quantize_blockwise(jnp.linspace(-1, 1, 4096), bits=8)
       >>> y = dequantize_blockwise(q)  # |y - x| <= half a code-book gap * absmax
     """
+    return _quantize_array(x, bits=bits, signed=signed, block_size=block_size, barrier=True)
+
+
+def _quantize_array(x, *, bits: int, signed: bool, block_size: int, barrier: bool):
     if bits == 4 and block_size % 2:
         raise ValueError(f"block_size must be even for 4-bit states, got {block_size}.")
     # A tensor smaller than one block is one block of its own (even) size: no padding.
     block_size = min(block_size, x.size + x.size % 2)
-    codes, absmax = _quantize(x, bits=bits, signed=signed, block_size=block_size)
+    codes, absmax = _quantize(x, bits=bits, signed=signed, block_size=block_size, barrier=barrier)
     return QuantizedArray(codes, absmax, shape=tuple(x.shape), bits=bits, signed=signed)
 
 
-def _nearest_index(code: np.ndarray, x: jax.Array) -> jax.Array:
-    """Index of the nearest entry of the sorted ``code`` (size a power of 2): a binary search.
+@functools.cache
+def _map_layout(bits: int, signed: bool) -> dict[str, Any]:
+    """Constants of the arithmetic encoder/decoder for one code book (see :func:`_encode`).
 
-    Counts the midpoints between neighbouring entries that lie below ``x``. Written out
-    rather than ``jnp.searchsorted``, whose first gather (constant table, constant
-    indices) XLA constant-folds into a tensor the size of ``x``: seconds per large state.
+    The non-negative codes of a dynamic map are ``0``, then decade ``d`` (``0..D-1``) with
+    ``n_d`` codes ``10**(d-D) * (2 n_d + 9 (2k+1)) / (2 n_d)``, then ``1``; the negative
+    codes (signed maps) mirror all but ``1``. ``lower[d]`` is the exact float32 midpoint
+    below decade ``d`` and ``upper`` the one between the last decade and ``1``.
     """
-    mid_np = (code[1:] + code[:-1]) / 2
-    midpoints = jnp.asarray(mid_np)
-    step = code.size // 2
-    idx = jnp.where(x > float(mid_np[step - 1]), step, 0)
-    step //= 2
-    while step >= 1:
-        idx = idx + jnp.where(x > midpoints[idx + step - 1], step, 0)
-        step //= 2
-    return idx
+    code = _code_book(bits, signed)
+    if bits == 4 and not signed:
+        return {"code": code}
+    decades = 7 if bits == 8 else 3
+    counts = [2 ** (d + (0 if signed else 1)) for d in range(decades)]
+    offsets = np.cumsum([1, *counts[:-1]])  # position of each decade's first code
+    positive = code[code >= 0]
+    mids = (positive[1:] + positive[:-1]) / 2  # float32, as the nearest-code rule computes them
+    return {
+        "code": code,
+        "decades": decades,
+        "counts": counts,
+        "offsets": [int(o) for o in offsets],
+        "lower": [float(mids[o - 1]) for o in offsets],
+        "upper": float(mids[-1]),
+        "num_negative": int(np.sum(code < 0)),
+        "num_positive": positive.size,
+    }
+
+
+def _decade_constants(layout, decade_of: Sequence[jax.Array]):
+    """Per value: ``10**(D-d)``, ``n_d`` and the decade's first position, by selects.
+
+    ``decade_of[d - 1]`` is true where the value lies in decade ``d`` or above.
+    """
+    decades = layout["decades"]
+    power = jnp.float32(10.0**decades)
+    count = jnp.float32(layout["counts"][0])
+    offset = jnp.float32(layout["offsets"][0])
+    for d in range(1, decades):
+        above = decade_of[d - 1]
+        power = jnp.where(above, jnp.float32(10.0 ** (decades - d)), power)
+        count = jnp.where(above, jnp.float32(layout["counts"][d]), count)
+        offset = jnp.where(above, jnp.float32(layout["offsets"][d]), offset)
+    return power, count, offset
+
+
+def _scaled_code(k, power, count):
+    """``2 n_d`` times the ``k``-th code of a decade, rounded exactly as the float32 map.
+
+    ``(2 n_d + 9 (2k+1)) / 10**(D-d)`` is one correctly rounded division of exact
+    integers, and ``2 n_d`` is a power of two, so ``result / (2 n_d)`` is the map's entry
+    (checked for every entry in tests/optim/test_quantized_state.py).
+    """
+    return (2 * count + 18 * k + 9) / power
+
+
+def _encode(x: jax.Array, bits: int, signed: bool) -> jax.Array:
+    """Index of the nearest code-book entry to ``x``, ties to the lower index, NaN -> 0.
+
+    Equal to counting the float32 midpoints between neighbouring entries that lie below
+    ``x``, without a search or a gather: the sign, the decade (compares with the exact
+    midpoints between decades) and an estimate of the linear fraction ``k`` from
+    arithmetic, then one exact compare with the midpoint above ``k`` (recomputed as the
+    map computes it) moves ``k`` up if the estimate fell just short.
+    """
+    layout = _map_layout(bits, signed)
+    if "decades" not in layout:  # the linear 4-bit map: midpoints (2i + 3) / 32 are exact
+        index = jnp.clip(jnp.ceil((x * 32 - 3) / 2), 0, layout["code"].size - 1)
+        return jnp.where(jnp.isnan(x), 0, index).astype(jnp.uint8)
+    if signed:
+        negative = x < 0
+        # For x < 0 the rule counts midpoints m <= |x|, i.e. m < the next float above |x|
+        # (one more in the bit pattern; infinity stays infinity).
+        magnitude = jax.lax.bitcast_convert_type(jnp.abs(x), jnp.int32)
+        magnitude = jnp.minimum(magnitude + negative.astype(jnp.int32), 0x7F800000)
+        a = jax.lax.bitcast_convert_type(magnitude, jnp.float32)
+    else:
+        a = x
+    above = [a > lower for lower in layout["lower"]]
+    power, count, offset = _decade_constants(layout, above[1:])
+    # Estimate of how many midpoints inside the decade lie below a (off by at most one,
+    # always low: the margin 1/64 dwarfs the float32 error of the estimate).
+    k = jnp.clip(jnp.floor((a * power - 1) * count / 9 - 1 / 64), 0, count - 1)
+    # The map's midpoint is (c_k + c_k+1) / 2 in float32; times 4 n_d (a power of two,
+    # exact) that is the sum of the two scaled codes.
+    twice_midpoint = _scaled_code(k, power, count) + _scaled_code(k + 1, power, count)
+    k = k + ((k < count - 1) & (a * (4 * count) > twice_midpoint))
+    position = jnp.where(above[0], offset + k, 0)
+    position = jnp.where(a > layout["upper"], layout["num_positive"] - 1, position)
+    if not signed:
+        return position.astype(jnp.uint8)
+    neg = layout["num_negative"]
+    index = jnp.where(negative, neg - jnp.minimum(position, neg), neg + position)
+    return jnp.where(jnp.isnan(x), 0, index).astype(jnp.uint8)
+
+
+def _decode(codes: jax.Array, bits: int, signed: bool) -> jax.Array:
+    """The code-book entries at ``codes`` (uint8), computed arithmetically (no gather)."""
+    layout = _map_layout(bits, signed)
+    if "decades" not in layout:
+        return (codes.astype(jnp.float32) + 1) / layout["code"].size
+    index = codes.astype(jnp.float32)
+    neg = layout["num_negative"]
+    position = jnp.abs(index - neg)
+    above = [position >= o for o in layout["offsets"][1:]]
+    power, count, offset = _decade_constants(layout, above)
+    value = _scaled_code(position - offset, power, count) / (2 * count)
+    value = jnp.where(position == 0, 0.0, value)
+    value = jnp.where(position == layout["num_positive"] - 1, 1.0, value)
+    return jnp.where(index < neg, -value, value)
 
 
 # Jitted so that eager calls (``tx.init`` outside jit) compile once per shape; inside an
 # outer jit it is inlined.
-@functools.partial(jax.jit, static_argnames=("bits", "signed", "block_size"))
-def _quantize(x, *, bits: int, signed: bool, block_size: int):
+@functools.partial(jax.jit, static_argnames=("bits", "signed", "block_size", "barrier"))
+def _quantize(x, *, bits: int, signed: bool, block_size: int, barrier: bool = True):
     # Inside a jitted init the moments are constants (zeros); without the barrier XLA
-    # constant-folds the whole quantization, which takes minutes for a ResNet-50.
-    flat = jax.lax.optimization_barrier(jnp.ravel(x).astype(jnp.float32))
+    # constant-folds the whole quantization, which takes minutes for a ResNet-50. The
+    # update leaves it out (its moments are never constants): the barrier would write the
+    # new moment to memory instead of fusing it into the absmax and the encoder.
+    flat = jnp.ravel(x).astype(jnp.float32)
+    if barrier:
+        flat = jax.lax.optimization_barrier(flat)
     pad = -flat.size % block_size
     blocks = jnp.pad(flat, (0, pad)).reshape(-1, block_size)
     absmax = jnp.max(jnp.abs(blocks), axis=1)
     normed = blocks / jnp.where(absmax > 0, absmax, 1.0)[:, None]
-    codes = _nearest_index(_code_book(bits, signed), normed).astype(jnp.uint8)
+    codes = _encode(normed, bits, signed)
     if bits == 4:
         codes = codes[:, 0::2] | (codes[:, 1::2] << 4)
     return codes, absmax
@@ -175,29 +281,41 @@ def _quantize(x, *, bits: int, signed: bool, block_size: int):
 
 def dequantize_blockwise(q: QuantizedArray) -> jax.Array:
     """The float32 array that ``q`` stands for."""
-    code = jnp.asarray(_code_book(q.bits, q.signed))
     codes = q.codes
     if q.bits == 4:
         codes = jnp.stack([codes & 0xF, codes >> 4], axis=-1).reshape(codes.shape[0], -1)
-    values = code[codes.astype(jnp.int32)] * q.absmax[:, None]
+    values = _decode(codes, q.bits, q.signed) * q.absmax[:, None]
     size = int(np.prod(q.shape, dtype=np.int64))
     return values.reshape(-1)[:size].reshape(q.shape)
+
+
+# One program for all the quantized leaves of a state (inlined when the caller jits the
+# whole update, as a train step does; without it an eager update dispatches per leaf).
+@jax.jit
+def _dequantize_all(qs: list[QuantizedArray]) -> list[jax.Array]:
+    return [dequantize_blockwise(q) for q in qs]
+
+
+@functools.partial(jax.jit, static_argnames=("layouts",))
+def _quantize_all(xs: list[jax.Array], *, layouts) -> list[QuantizedArray]:
+    return [
+        _quantize_array(x, bits=bits, signed=signed, block_size=block, barrier=False)
+        for x, (bits, signed, block) in zip(xs, layouts, strict=True)
+    ]
+
+
+def _replaced(leaves: list, where: list[int], values: list) -> list:
+    """``leaves`` with ``leaves[where[j]]`` replaced by ``values[j]``."""
+    leaves = list(leaves)
+    for i, value in zip(where, values, strict=True):
+        leaves[i] = value
+    return leaves
 
 
 class QuantizedState(NamedTuple):
     """State of :func:`quantize_state`: the inner state with large moments quantized."""
 
     inner: Any
-
-
-def _field_names(path) -> set[str]:
-    names = set()
-    for key in path:
-        for attr in ("name", "key"):
-            value = getattr(key, attr, None)
-            if isinstance(value, str):
-                names.add(value)
-    return names
 
 
 def quantize_state(
@@ -236,11 +354,7 @@ def quantize_state(
     block = block_size or (2048 if bits == 8 else 128)
     unsigned = frozenset(unsigned_fields)
 
-    def compress(path, x, template=None):
-        if isinstance(template, QuantizedArray):
-            return quantize_blockwise(x, bits=bits, signed=template.signed, block_size=block)
-        if template is not None:
-            return x
+    def compress(path, x):
         eligible = (
             isinstance(x, jax.Array | np.ndarray | jax.ShapeDtypeStruct)
             and jnp.issubdtype(x.dtype, jnp.floating)
@@ -248,31 +362,28 @@ def quantize_state(
         )
         if not eligible:
             return x
-        signed = not (_field_names(path) & unsigned)
+        # A path such as "0/nu/conv/kernel": unsigned if one of its parts is a named field.
+        parts = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
+        signed = not (set(parts) & unsigned)
         return quantize_blockwise(x, bits=bits, signed=signed, block_size=block)
-
-    def decompress(state):
-        return jax.tree.map(
-            lambda q: dequantize_blockwise(q) if isinstance(q, QuantizedArray) else q,
-            state,
-            is_leaf=lambda q: isinstance(q, QuantizedArray),
-        )
 
     def init_fn(params):
         return QuantizedState(jax.tree_util.tree_map_with_path(compress, inner.init(params)))
 
     def update_fn(updates, state, params=None, **extra_args):
-        inner_state = decompress(state.inner)
+        leaves, treedef = jax.tree.flatten(
+            state.inner, is_leaf=lambda q: isinstance(q, QuantizedArray)
+        )
+        where = [i for i, q in enumerate(leaves) if isinstance(q, QuantizedArray)]
+        floats = _dequantize_all([leaves[i] for i in where])
+        inner_state = treedef.unflatten(_replaced(leaves, where, floats))
         updates, new_inner = optax.with_extra_args_support(inner).update(
             updates, inner_state, params, **extra_args
         )
-        new_inner = jax.tree.map(
-            lambda t, x: compress(None, x, t),
-            state.inner,
-            new_inner,
-            is_leaf=lambda q: isinstance(q, QuantizedArray),
-        )
-        return updates, QuantizedState(new_inner)
+        new_leaves = treedef.flatten_up_to(new_inner)
+        layouts = tuple((leaves[i].bits, leaves[i].signed, block) for i in where)
+        fresh = _quantize_all([new_leaves[i] for i in where], layouts=layouts)
+        return updates, QuantizedState(treedef.unflatten(_replaced(new_leaves, where, fresh)))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

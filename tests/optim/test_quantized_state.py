@@ -6,6 +6,36 @@ import optax
 import pytest
 
 from archjax import models, optim
+from archjax.optim.quantized_state import _code_book, _decode, _encode
+
+MAPS = [(8, True), (8, False), (4, True), (4, False)]
+
+
+def _binary_search_index(code: np.ndarray, x: jax.Array) -> jax.Array:
+    """The encoder archjax used before the arithmetic one (oracle): nearest entry of the
+    sorted ``code`` by an 8-step binary search over the float32 midpoints, ties down."""
+    mid_np = (code[1:] + code[:-1]) / 2
+    midpoints = jnp.asarray(mid_np)
+    step = code.size // 2
+    idx = jnp.where(x > float(mid_np[step - 1]), step, 0)
+    step //= 2
+    while step >= 1:
+        idx = idx + jnp.where(x > midpoints[idx + step - 1], step, 0)
+        step //= 2
+    return idx.astype(jnp.uint8)
+
+
+def _hard_values(code: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
+    """Codes, midpoints and their float32 neighbours (both signs), zeros, values beyond
+    the map, infinities, NaN, and uniform and log-uniform random values."""
+    mid = (code[1:] + code[:-1]) / 2
+    edges = np.concatenate([code, mid])
+    edges = np.concatenate([edges, np.nextafter(edges, np.inf), np.nextafter(edges, -np.inf)])
+    special = [0.0, -0.0, 1.0, -1.0, 1.5, -1.5, 1e30, -1e30, np.inf, -np.inf, np.nan, 1e-40]
+    uniform = rng.uniform(-1.2, 1.2, n)
+    log_uniform = rng.choice([-1.0, 1.0], n) * 10.0 ** rng.uniform(-9, 0.05, n)
+    x = np.concatenate([edges, -edges, special, uniform, log_uniform])
+    return x.astype(np.float32)
 
 
 def test_dynamic_map_matches_its_definition():
@@ -35,7 +65,7 @@ def test_round_trip_error_is_at_most_half_a_code_gap(bits, signed):
     assert q.codes.shape == (12, block if bits == 8 else block // 2)
     y = optim.dequantize_blockwise(q)
     assert y.shape == x.shape
-    code = np.asarray(optim.quantize_state.__globals__["_code_book"](bits, signed))
+    code = _code_book(bits, signed)
     # Worst case: half the widest gap inside the map, or the distance from the map's ends
     # to the ends of the normalized range ([-1, 1] signed, [0, 1] unsigned).
     half_gap = max(np.diff(code).max() / 2, code[0] - (-1.0 if signed else 0.0), 1.0 - code[-1])
@@ -52,6 +82,45 @@ def test_round_trip_error_is_at_most_half_a_code_gap(bits, signed):
         np.testing.assert_array_equal(np.asarray(q2.codes), np.asarray(q.codes))
     rel = float(jnp.mean(jnp.abs(y - x)) / jnp.max(jnp.abs(x)))
     assert rel < (0.004 if bits == 8 else 0.05), rel
+
+
+@pytest.mark.parametrize("bits,signed", MAPS)
+def test_decoder_equals_the_code_book_bit_for_bit(bits, signed):
+    code = _code_book(bits, signed)
+    decoded = jax.jit(_decode, static_argnums=(1, 2))(
+        jnp.arange(code.size, dtype=jnp.uint8), bits, signed
+    )
+    np.testing.assert_array_equal(np.asarray(decoded).view(np.int32), code.view(np.int32))
+
+
+@pytest.mark.parametrize("bits,signed", MAPS)
+def test_encoder_equals_the_binary_search_bit_for_bit(bits, signed):
+    code = _code_book(bits, signed)
+    x = _hard_values(code, np.random.default_rng(bits + signed), 10**5)
+    assert x.size > 2 * 10**5
+    new = jax.jit(_encode, static_argnums=(1, 2))(x, bits, signed)
+    old = jax.jit(lambda v: _binary_search_index(code, v))(x)
+    assert new.dtype == jnp.uint8
+    np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
+
+
+@pytest.mark.parametrize("bits,signed", MAPS)
+def test_quantized_codes_equal_the_binary_search_codes(bits, signed):
+    """Whole quantize_blockwise (absmax, normalize, encode, pack) on random moments."""
+    block = 2048 if bits == 8 else 128
+    k1, k2 = jax.random.split(jax.random.key(bits))
+    scale = 10.0 ** jax.random.uniform(k2, (300, 700), minval=-6, maxval=0)
+    x = jax.random.normal(k1, (300, 700)) * scale
+    x = x if signed else x**2
+    q = optim.quantize_blockwise(x, bits=bits, signed=signed, block_size=block)
+    flat = np.pad(np.ravel(np.asarray(x)), (0, -x.size % block)).reshape(-1, block)
+    absmax = np.abs(flat).max(axis=1)
+    np.testing.assert_array_equal(np.asarray(q.absmax), absmax)
+    normed = flat / np.where(absmax > 0, absmax, 1.0)[:, None]
+    codes = np.asarray(_binary_search_index(_code_book(bits, signed), jnp.asarray(normed)))
+    if bits == 4:
+        codes = codes[:, 0::2] | (codes[:, 1::2] << 4)
+    np.testing.assert_array_equal(np.asarray(q.codes), codes)
 
 
 @pytest.fixture(scope="module")
