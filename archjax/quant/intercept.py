@@ -75,7 +75,7 @@ class Op:
         return ORIGINALS[self.kind](*a[: self.first], lhs, rhs, *a[self.first + 2 :], **self.kwargs)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # sessions are found by identity
 class _Session:
     on_op: Callable[[Op], Any] | None
     on_module: Callable[[nn.Module, tuple, Any], None] | None
@@ -151,8 +151,9 @@ def _patch(on: bool) -> None:
 
 
 def _track(session: _Session, next_fun, args, kwargs, context):
-    sessions = _local.sessions
-    above = sessions[sessions.index(session) + 1 :] if session in sessions else [session]
+    sessions = getattr(_local, "sessions", [])
+    index = next((i for i, s in enumerate(sessions) if s is session), len(sessions))
+    above = sessions[index + 1 :]
     if session.busy or any(s.isolated for s in above):
         return next_fun(*args, **kwargs)
     session.stack.append(context.module)

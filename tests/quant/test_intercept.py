@@ -78,3 +78,19 @@ def test_find_layers_classifies_operands_by_data_flow():
     assert macs[":einsum0"] == 4 * 9 * 9 * 4
     # Ops outside a Flax module are not layers; nothing is intercepted afterwards.
     assert find_layers(lambda v, x: jnp.dot(x, x), {}, jnp.ones((2, 2))) == ()
+
+
+def test_enclosing_context_sees_each_module_call_once_through_a_quantized_model():
+    """The transform's throwaway trace of the float model is hidden from outer contexts."""
+    x = jax.random.normal(jax.random.key(0), (2, 3, 3, 2))
+    variables = jax.eval_shape(_Net().init, jax.random.key(1), x)
+
+    def calls(model):
+        seen = []
+        with intercept(on_module=lambda module, args, out: seen.append(module.scope.path)):
+            jax.eval_shape(lambda v: model.apply(v, x), variables)
+        return seen
+
+    q = quantize(_Net(), [QuantRule(pattern=".*", weight=IntFormat(8))])
+    submodules = lambda paths: [p for p in paths if p]  # the root's own call(s) aside
+    assert submodules(calls(q)) == submodules(calls(_Net())) == [("conv",), ("head",)]
