@@ -9,7 +9,8 @@ A PTQ recipe on a trained float model (Jacob et al., 2018; Nagel et al., 2021,
     qvars = reestimate_batch_stats(qmodel, qvars, batches)    # optional (no-op if folded)
 
 All three work on any Flax model without changing its code: layers are found by
-tracing the model, not by name.
+tracing the model through :func:`archjax.quant.intercept.intercept` (the transform's
+layer finder), not by name.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax.core import unfreeze
 
+from archjax.quant.intercept import intercept
 from archjax.quant.transform import QUANT_STATS, is_quantized
 
 Variables = Mapping[str, Any]
@@ -86,27 +88,21 @@ def calibrate_model(
 
 
 def _find_conv_bn_pairs(model: nn.Module, variables: Variables, x: jax.Array, kwargs) -> list:
-    """(layer path, BatchNorm path, epsilon) for every BatchNorm fed by a layer's output."""
-    outputs: dict[int, tuple] = {}  # id(output) -> (path, output); the output is kept alive
+    """(layer path, BatchNorm path, epsilon) for each BatchNorm whose input *is* a layer output."""
+    outputs: list[tuple[tuple[str, ...], Any]] = []  # (kernel layer path, its output)
     pairs: list[tuple[tuple[str, ...], tuple[str, ...], float]] = []
 
-    def interceptor(next_fun, args, kw, context):
-        module = context.module
-        if context.method_name != "__call__":
-            return next_fun(*args, **kw)
-        if isinstance(module, nn.BatchNorm) and args and id(args[0]) in outputs:
-            pairs.append((outputs[id(args[0])][0], tuple(module.scope.path), module.epsilon))
-        out = next_fun(*args, **kw)
-        own = module.variables.get("params", {})
-        if "kernel" in own and not isinstance(module, nn.BatchNorm):
-            outputs[id(out)] = (tuple(module.scope.path), out)
-        return out
+    def seen(module: nn.Module, args: tuple, out) -> None:
+        path = tuple(module.scope.path)
+        if isinstance(module, nn.BatchNorm):
+            src = next((p for p, o in outputs if args and o is args[0]), None)
+            if src is not None:
+                pairs.append((src, path, module.epsilon))
+        elif "kernel" in module.variables.get("params", {}):
+            outputs.append((path, out))
 
-    def trace(variables, x):
-        with nn.intercept_methods(interceptor):
-            return model.apply(variables, x, **kwargs)
-
-    jax.eval_shape(trace, variables, x)
+    with intercept(on_module=seen):
+        jax.eval_shape(lambda v, x: model.apply(v, x, **kwargs), variables, x)
     return pairs
 
 

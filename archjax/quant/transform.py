@@ -1,107 +1,71 @@
 """``quantize(model, rules)``: fake-quantize any Flax model without changing its code.
 
 The quantized model is the same Linen module (same fields, same ``init``/``apply``
-signature, same ``params`` tree) whose ``__call__`` runs with the array ops that
-make layers intercepted: ``jax.lax.conv_general_dilated``, ``jax.lax.dot_general``
-(``nn.Dense``), ``jnp.einsum`` (attention, Mixer) and ``jnp.dot``/``jnp.matmul``.
-As in qwix (``qwix/_src/interception.py``, ``providers/qt.py``), each intercepted op
-knows the Flax module that runs it; its "/"-joined path (``"stage1_block1/conv1"``)
-picks the first matching :class:`~archjax.quant.rules.QuantRule`, and the op's
-operands are fake-quantized before the original op runs:
+signature, same ``params`` tree) whose ``__call__`` runs inside
+:func:`archjax.quant.intercept.intercept`: every convolution, ``dot_general``
+(``nn.Dense``), two-operand ``jnp.einsum`` (attention, Mixer), ``jnp.dot`` and
+``jnp.matmul`` that a Flax module runs is handed to the transform with the module's
+"/"-joined path (``"stage1_block1/conv1"``), which picks the first matching
+:class:`~archjax.quant.rules.QuantRule`; the op's operands are fake-quantized before
+the original op runs:
 
-- the *weight* operand (the convolution kernel, including kernels computed by
-  weight-standardized convs, or a ``dot``/``einsum`` operand with the shape of one of
-  the module's own parameters) with the rule's ``weight`` format, scales computed from
-  the weight on the fly (or learned, LSQ, when ``learned_scale``);
-- every *activation* operand (the input of a conv/dense layer, both operands of an
+- a *weight* operand, one computed from the variables and not from the inputs (a
+  kernel used as is, or computed, as by weight-standardized convs), with the rule's
+  ``weight`` format, scales computed from the weight on the fly (or learned, LSQ,
+  when ``learned_scale``). Which operand that is comes from the data flow of the
+  float model (:func:`archjax.quant.intercept.find_layers`, traced abstractly once
+  per input signature), never from shapes;
+- every other operand (the input of a conv/dense layer, both operands of an
   attention einsum) with the rule's ``activation`` format. Its scale comes from a
   running average in the ``quant_stats`` collection when that collection holds a
   calibrated value (static scales, as deployed), otherwise from the current batch
   (dynamic scales). The running average is updated whenever ``quant_stats`` is
-  mutable (``mutable=["quant_stats"]``, see :func:`archjax.quant.ptq.calibrate`); a
-  PACT clip (Choi et al., 2018) replaces it when ``learned_scale``.
+  mutable (``mutable=["quant_stats"]``, see :func:`archjax.quant.ptq.calibrate_model`);
+  a PACT clip (Choi et al., 2018) replaces it when ``learned_scale``.
 
 Training therefore works with the standard train step (``mutable=["batch_stats"]``)
 with dynamic activation scales; calibrate ``quant_stats`` afterwards for static ones.
-Interception patches module attributes while a quantized ``__call__`` is traced, so
-it is not thread-safe to trace a quantized and a float model at once in two threads.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-import threading
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from archjax.quant.calibration import QParams, calibrate
+from archjax.quant.intercept import WEIGHT, Op, find_layers, intercept
 from archjax.quant.learned import lsq_fake_quant, pact
 from archjax.quant.numerics import fake_quant
 from archjax.quant.rules import QuantRule, match_rule
+from archjax.tree_paths import match_path
 
 QUANT_STATS = "quant_stats"
-# (module, attribute, kind): the functions through which archjax models (and Flax's
-# Dense/Conv) run their layers. Attribute patching, not code patching: the internal
-# jax calls (jnp.einsum -> lax.dot_general) keep the original functions.
-_TARGETS = (
-    (jax.lax, "conv_general_dilated", "conv"),
-    (jax.lax, "dot_general", "dot_general"),
-    (jnp, "einsum", "einsum"),
-    (jnp, "dot", "dot"),
-    (jnp, "matmul", "matmul"),
-)
-_ORIGINAL = {kind: getattr(mod, attr) for mod, attr, kind in _TARGETS}
 
 
 @dataclasses.dataclass
 class _Trace:
-    """Per-call state of one quantized ``__call__`` (thread-local)."""
+    """Per-call state of one quantized ``__call__``."""
 
     rules: tuple[QuantRule, ...]
     momentum: float
-    stack: list = dataclasses.field(default_factory=list)  # current Flax modules
-    counters: dict = dataclasses.field(default_factory=dict)  # (path, kind) -> n
+    roles: dict  # op key -> (lhs role, rhs role), from the float model's data flow
     layers: dict = dataclasses.field(default_factory=dict)  # op name -> rule or None
     weights: dict = dataclasses.field(default_factory=dict)  # op name -> (param path, rule)
-    busy: bool = False  # inside a handler: ops run unquantized
-
-
-_local = threading.local()
-_patch_lock = threading.Lock()
-_patch_depth = 0
-
-
-def _trace() -> _Trace | None:
-    traces = getattr(_local, "traces", None)
-    return traces[-1] if traces else None
-
-
-def _module_path(module: nn.Module) -> str:
-    return "/".join(str(p) for p in module.scope.path)
-
-
-def _own_params(module: nn.Module) -> list[jax.Array]:
-    """The module's own parameters (not its children's)."""
-    params = module.variables.get("params", {})
-    return [v for v in params.values() if hasattr(v, "shape")]
 
 
 def _param_name(module: nn.Module, x: Any) -> str | None:
     """The name of the module's own parameter that *is* ``x`` (None if none is)."""
     params = module.variables.get("params", {})
     return next((k for k, v in params.items() if v is x), None)
-
-
-def _is_weight(module: nn.Module, x: Any) -> bool:
-    """An operand is a weight if it is, or has the shape of, one of the module's parameters."""
-    shape = getattr(x, "shape", None)
-    return any(p is x or (p.ndim >= 2 and p.shape == shape) for p in _own_params(module))
 
 
 def _quant_weight(x, rule: QuantRule, scope, name: str):
@@ -157,85 +121,73 @@ def _quant_activation(x, rule: QuantRule, scope, name: str, momentum: float, ini
     return fake_quant(x, fmt, qp, granularity=gran, ste=rule.ste)
 
 
-def _handler(kind: str) -> Callable[..., Any]:
-    original = _ORIGINAL[kind]
-
-    def intercepted(*args, **kwargs):
-        tr = _trace()
-        if tr is None or tr.busy or not tr.stack:
-            return original(*args, **kwargs)
-        if kind == "einsum":
-            subscripts, *operands = args
-            if len(operands) != 2 or not isinstance(subscripts, str):
-                return original(*args, **kwargs)  # pooling-style n-ary einsums: not a layer
-            first, rest = 1, args[3:]
-        else:
-            first, rest = 0, args[2:]
-        lhs, rhs = args[first], args[first + 1]
-        module = tr.stack[-1]
-        path = _module_path(module)
-        n = tr.counters.get((path, kind), 0)
-        tr.counters[(path, kind)] = n + 1
-        op = f"{kind}{n}"
-        rule = match_rule(tr.rules, path)
-        tr.layers[f"{path}:{op}"] = rule  # the root module's path is ""
-        if rule is None or (rule.weight is None and rule.activation is None):
-            return original(*args, **kwargs)
-        tr.busy = True
-        try:
-            scope, init = module.scope, module.is_initializing()
-            if kind == "conv":
-                kinds = ("activation", "weight")
-            else:
-                kinds = tuple(
-                    "weight" if _is_weight(module, t) else "activation" for t in (lhs, rhs)
-                )
-            new = []
-            for side, t, k in zip(("lhs", "rhs"), (lhs, rhs), kinds, strict=True):
-                name = f"{op}_{side}"
-                if k == "weight" and rule.weight is not None:
-                    pname = _param_name(module, t)
-                    ppath = None if pname is None else (*module.scope.path, pname)
-                    tr.weights[f"{path}:{op}"] = (ppath, rule)
-                    t = _quant_weight(t, rule, scope, name)
-                elif k == "activation" and rule.activation is not None:
-                    t = _quant_activation(t, rule, scope, name, tr.momentum, init)
-                new.append(t)
-        finally:
-            tr.busy = False
-        return original(*args[:first], *new, *rest, **kwargs)
-
-    return intercepted
+def _quantize_op(tr: _Trace, op: Op):
+    """Fake-quantizes one intercepted op's operands as its rule says, then runs it."""
+    rule = match_rule(tr.rules, op.path)
+    tr.layers[op.name] = rule  # the root module's path is ""
+    if rule is None or (rule.weight is None and rule.activation is None):
+        return op.call(*op.operands)
+    if op.key not in tr.roles:
+        raise RuntimeError(
+            f"Layer {op.name!r} did not run when the float model was traced; "
+            "quantize needs a model whose layers do not depend on the quantization."
+        )
+    module, (lhs, rhs) = op.module, op.operands
+    scope, init = module.scope, module.is_initializing()
+    new = []
+    for side, t, role in zip(("lhs", "rhs"), (lhs, rhs), tr.roles[op.key], strict=True):
+        name = f"{op.name.rsplit(':', 1)[1]}_{side}"
+        if role == WEIGHT and rule.weight is not None:
+            pname = _param_name(module, t)
+            ppath = None if pname is None else (*module.scope.path, pname)
+            tr.weights[op.name] = (ppath, rule)
+            t = _quant_weight(t, rule, scope, name)
+        elif role != WEIGHT and rule.activation is not None:
+            t = _quant_activation(t, rule, scope, name, tr.momentum, init)
+        new.append(t)
+    return op.call(*new)
 
 
-_HANDLERS = {kind: _handler(kind) for kind in _ORIGINAL}
+def _float_roles(module: nn.Module, args: tuple, kwargs: dict) -> dict:
+    """Operand roles of every op of the float model on these inputs (cached per signature)."""
+    leaves, treedef = jax.tree.flatten((args, kwargs))
+    is_input = [isinstance(a, (jax.Array, np.ndarray)) for a in leaves]
+    inputs = [a for a, i in zip(leaves, is_input, strict=True) if i]
+    scope = module.scope
+    initializing = module.is_initializing()
+    names = {*scope.rngs, "params"} if initializing else set(scope.rngs)
+    keys = {name: jax.random.key(0) for name in names}  # values unused: abstract trace
+    state = keys if initializing else flax.core.unfreeze(module.variables)
+    signature = (
+        initializing,
+        treedef,
+        tuple((a.shape, a.dtype) if i else repr(a) for a, i in zip(leaves, is_input, strict=True)),
+        jax.tree.structure(state),
+        tuple((a.shape, a.dtype) for a in jax.tree.leaves(state)),
+        repr(scope.mutable),
+    )
+    cache = type(module)._quant_roles
+    if signature in cache:
+        return cache[signature]
+    base = _float_copy(module, parent=None, name=None)
 
+    def call(state, inputs):
+        it = iter(inputs)
+        merged = [next(it) if i else x for x, i in zip(leaves, is_input, strict=True)]
+        a, kw = jax.tree.unflatten(treedef, merged)
+        if initializing:
+            return base.init(state, *a, **kw)
+        return base.apply(state, *a, rngs=keys, mutable=scope.mutable, **kw)
 
-def _patch(on: bool) -> None:
-    global _patch_depth
-    with _patch_lock:
-        _patch_depth += 1 if on else -1
-        if (on and _patch_depth == 1) or (not on and _patch_depth == 0):
-            table = _HANDLERS if on else _ORIGINAL
-            for mod, attr, kind in _TARGETS:
-                setattr(mod, attr, table[kind])
-
-
-def _track_modules(next_fun, args, kwargs, context):
-    tr = _trace()
-    if tr is None:
-        return next_fun(*args, **kwargs)
-    tr.stack.append(context.module)
-    try:
-        return next_fun(*args, **kwargs)
-    finally:
-        tr.stack.pop()
+    roles = {layer.key: layer.operands for layer in find_layers(call, state, inputs)}
+    cache[signature] = roles
+    return roles
 
 
 def _warn_unmatched(rules: Sequence[QuantRule], layers: dict) -> None:
     paths = sorted({name.rsplit(":", 1)[0] for name in layers})
     for rule in rules:
-        if not any(re.search(rule.pattern, p) for p in paths):
+        if not any(match_path(rule.pattern, p) for p in paths):
             warnings.warn(
                 f"QuantRule pattern {rule.pattern!r} matches no layer. Layer paths: "
                 f"{', '.join(repr(p) for p in paths)}.",
@@ -247,15 +199,9 @@ def _warn_unmatched(rules: Sequence[QuantRule], layers: dict) -> None:
 def _quantized_call(method: Callable[..., Any]) -> Callable[..., Any]:
     def __call__(self, *args, **kwargs):
         cls = type(self)
-        tr = _Trace(rules=cls._quant_rules, momentum=cls._quant_momentum, stack=[self])
-        _local.traces = [*getattr(_local, "traces", []), tr]
-        _patch(True)
-        try:
-            with nn.intercept_methods(_track_modules):
-                out = method(self, *args, **kwargs)
-        finally:
-            _patch(False)
-            _local.traces = _local.traces[:-1]
+        tr = _Trace(cls._quant_rules, cls._quant_momentum, _float_roles(self, args, kwargs))
+        with intercept(functools.partial(_quantize_op, tr), root=self):
+            out = method(self, *args, **kwargs)
         cls._quant_layers = dict(tr.layers)
         cls._quant_weights = dict(tr.weights)
         _warn_unmatched(tr.rules, tr.layers)
@@ -309,13 +255,13 @@ def quantize(model: nn.Module, rules: Sequence[QuantRule], *, momentum: float = 
         "_quant_momentum": momentum,
         "_quant_layers": {},
         "_quant_weights": {},
+        "_quant_roles": {},
         "_unquantized_type": base_cls,
         "__module__": base_cls.__module__,
     }
     qcls = type(base_cls.__name__, (base_cls,), attrs)
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.init}
-    fields.pop("parent", None)
-    return qcls(**fields)
+    return qcls(**{k: v for k, v in fields.items() if k != "parent"})
 
 
 def is_quantized(model: nn.Module) -> bool:
@@ -328,14 +274,17 @@ def quant_rules(model: nn.Module) -> tuple[QuantRule, ...]:
     return getattr(type(model), "_quant_rules", ())
 
 
-def unquantized(model: nn.Module) -> nn.Module:
-    """The float module behind a quantized one (``model`` itself if it is float)."""
-    if not is_quantized(model):
-        return model
-    cls = type(model)._unquantized_type
+def _float_copy(model: nn.Module, **overrides) -> nn.Module:
+    """A new, unbound float module with the fields of ``model``."""
+    cls = getattr(type(model), "_unquantized_type", type(model))
     fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.init}
     fields.pop("parent", None)
-    return cls(**fields)
+    return cls(**{**fields, **overrides})
+
+
+def unquantized(model: nn.Module) -> nn.Module:
+    """The float module behind a quantized one (``model`` itself if it is float)."""
+    return _float_copy(model) if is_quantized(model) else model
 
 
 def layer_rules(model: nn.Module, *args, **kwargs) -> dict[str, QuantRule | None]:

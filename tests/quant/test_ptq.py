@@ -92,3 +92,11 @@ def test_reestimate_batch_stats_moves_running_stats_toward_data(trained_like):
     assert np.all(np.abs(np.asarray(again - new_mean)) <= 0.01 * moved)
     chex.assert_trees_all_equal_shapes(new["batch_stats"], variables["batch_stats"])
     chex.assert_tree_all_finite(new["batch_stats"])
+
+
+def test_fold_batchnorm_finds_the_same_pairs_through_a_quantized_model(trained_like):
+    """Pairs are found by tracing, also through the quantized model's interception."""
+    model, variables, x = trained_like
+    chex.assert_trees_all_close(
+        fold_batchnorm(quantize(model, W8A8), variables, x), fold_batchnorm(model, variables, x)
+    )

@@ -27,6 +27,7 @@ from archjax.quant import (
     quantize,
     unquantized,
 )
+from archjax.quant.transform import quantized_weights
 
 INT8, INT4 = IntFormat(bits=8), IntFormat(bits=4)
 
@@ -186,3 +187,51 @@ def test_learned_scales_are_params_with_gradients(net):
     grads = jax.jit(jax.grad(lambda p: jnp.sum(q.apply({"params": p}, x) ** 2)))(qvars["params"])
     assert float(jnp.abs(grads["head"]["dot_general0_rhs_weight_scale"]).sum()) > 0
     assert float(jnp.abs(grads["head"]["dot_general0_lhs_act_clip"])) > 0
+
+
+class _Square(nn.Module):
+    """A dense layer whose 2-D input has the kernel's shape (batch == fan_in == fan_out)."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(x.shape[-1], name="head")(x)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_activation_shaped_like_a_weight_is_an_activation(jit):
+    """The input is quantized as an activation (per tensor, quant_stats), the kernel as a weight."""
+    n = 6
+    x = jax.random.normal(jax.random.key(0), (n, n))
+    variables = _Square().init(jax.random.key(1), x)
+    rule = QuantRule(pattern="head", weight=INT4, activation=INT8)
+    q = quantize(_Square(), [rule])
+    assert set(q.init(jax.random.key(1), x)["quant_stats"]["head"]) == {"dot_general0_lhs"}
+    assert quantized_weights(q, x) == {"head:dot_general0": (("head", "kernel"), rule)}
+
+    apply = jax.jit(q.apply) if jit else q.apply
+    got = apply(variables, x)
+    p = variables["params"]["head"]
+    w_gran = PerChannel(-1)
+    w = fake_quant(p["kernel"], INT4, calibrate(p["kernel"], INT4, granularity=w_gran),
+                   granularity=w_gran)  # fmt: skip
+    a = fake_quant(x, INT8, calibrate(x, INT8))  # per tensor, the batch's own scale
+    chex.assert_trees_all_close(got, a @ w + p["bias"], atol=1e-5, rtol=1e-5)
+
+
+class _ComputedKernel(nn.Module):
+    """A dot whose weight is computed from two parameters (as in σReparam)."""
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], 3))
+        gain = self.param("gain", nn.initializers.ones, ())
+        return jnp.dot(x, gain * kernel)
+
+
+def test_computed_kernel_is_a_weight():
+    x = jax.random.normal(jax.random.key(0), (2, 5))
+    rule = QuantRule(pattern=".*", weight=INT4, activation=INT8)
+    q = quantize(_ComputedKernel(), [rule])
+    qvars = q.init(jax.random.key(1), x)
+    assert set(qvars["quant_stats"]) == {"dot0_lhs"}
+    assert quantized_weights(q, x) == {":dot0": (None, rule)}  # computed: no parameter path
