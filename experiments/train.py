@@ -16,6 +16,7 @@ This file is meant to be read and forked, not subclassed: the loop is flat.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
@@ -112,6 +114,10 @@ def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict[st
     return kw
 
 
+# One dispatch per step for the running sums of the train metrics.
+_add_metrics = jax.jit(functools.partial(jax.tree.map, jnp.add))
+
+
 def eval_view(state: T.TrainState) -> T.TrainState:
     """The state to evaluate: with the parameter EMA if the optimizer keeps one."""
     ema = optim.find_ema_params(state.opt_state)
@@ -196,6 +202,8 @@ def train_and_evaluate(
         seed=config.seed,
         random_crop_pad=config.random_crop_pad,
         random_flip=config.random_flip,
+        # A background thread puts batches on the devices two steps ahead of the loop.
+        device_put=functools.partial(parallel.shard_batch, mesh=mesh),
     )
 
     ckpt = Checkpointer(
@@ -260,12 +268,11 @@ def train_and_evaluate(
         with _Interrupt() as interrupt:
             train_sums, n_sums, t_log = None, 0, time.time()
             while step < config.num_steps:
-                batch = parallel.shard_batch(next(train_iter), mesh)
-                state, metrics = train_step(state, batch)
+                state, metrics = train_step(state, next(train_iter))
                 step += 1
-                train_sums = (
-                    metrics if train_sums is None else jax.tree.map(np.add, train_sums, metrics)
-                )
+                # Summed on the devices and fetched only at log time: a host read here would
+                # wait for every step and stall the asynchronous dispatch.
+                train_sums = metrics if train_sums is None else _add_metrics(train_sums, metrics)
                 n_sums += 1
                 bar.update(1)
                 is_last = step == config.num_steps
@@ -302,6 +309,7 @@ def train_and_evaluate(
                     )
                     break
     finally:  # also on errors (NaN loss): pending saves finish, files close
+        train_iter.close()  # stops the prefetch thread
         bar.close()
         ckpt.close()
     if test is None and not interrupted:  # resumed a finished run: evaluate, log nothing new
