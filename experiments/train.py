@@ -115,7 +115,7 @@ def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict[st
 
 
 # One dispatch per step for the running sums of the train metrics.
-_add_metrics = jax.jit(functools.partial(jax.tree.map, jnp.add))
+add_metrics = jax.jit(functools.partial(jax.tree.map, jnp.add))
 
 
 def eval_view(state: T.TrainState) -> T.TrainState:
@@ -272,7 +272,7 @@ def train_and_evaluate(
                 step += 1
                 # Summed on the devices and fetched only at log time: a host read here would
                 # wait for every step and stall the asynchronous dispatch.
-                train_sums = metrics if train_sums is None else _add_metrics(train_sums, metrics)
+                train_sums = metrics if train_sums is None else add_metrics(train_sums, metrics)
                 n_sums += 1
                 bar.update(1)
                 is_last = step == config.num_steps
