@@ -33,7 +33,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from archjax import data, models, optim, parallel
+from archjax import compile_cache, data, models, optim, parallel
 from archjax import train as T
 from archjax.checkpoint import Checkpointer, claim_directory
 from experiments import config_utils
@@ -44,7 +44,7 @@ from experiments.plotting import plot_curves
 RESUMABLE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
                   # A run may resume on another device count, mesh or set of hosts.
                   "num_devices", "mesh", "distributed", "keep_best_checkpoints",
-                  "async_checkpoints")  # fmt: skip
+                  "async_checkpoints", "compilation_cache_dir")  # fmt: skip
 
 
 def create_optimizer(config: ml_collections.ConfigDict):
@@ -181,6 +181,8 @@ def train_and_evaluate(
     """
     start = time.time()
     config_utils.validate(config)
+    # Before anything compiles: a re-run or a resumed run loads its programs from disk.
+    compile_cache.enable_compilation_cache(config.compilation_cache_dir)
     parallel.initialize(**config.distributed.to_dict())  # no-op for one process
     mesh = parallel.make_mesh(config.num_devices, shape=config.mesh.to_dict())
     parallel.check_batch_size(config.batch_size, mesh)
