@@ -169,10 +169,11 @@ def train_iterator(
     data = data.random_map(_AugmentBatch(ds, random_crop_pad, random_flip), seed=augment_seed)
     batches = data.to_iter_dataset(_READ_OPTIONS)
     if device_put is not None:
-        # grain.experimental.device_put's two stages with the caller's transfer (a global
-        # array on a mesh rather than one device). grain's prefetch iterator records the
-        # state after each element and reports that of the last one returned, so a
-        # checkpoint never skips the batches still waiting in the buffer.
+        # grain.experimental.device_put's device stage (the reading threads above are its
+        # host stage) with the caller's transfer: a global array on a mesh rather than a
+        # device_put to one device. grain's prefetch iterator records the state after each
+        # element and reports that of the last one returned, so a checkpoint never skips
+        # the batches still waiting in the buffer.
         batches = grain.experimental.ThreadPrefetchIterDataset(
             batches.map(device_put), prefetch_buffer_size=device_prefetch
         )
