@@ -6,7 +6,8 @@ Subpackages: :mod:`archjax.models` (model families and the name registry),
 (state and pure steps), :mod:`archjax.optim` (optimizer presets),
 :mod:`archjax.parallel` (meshes, sharding rules, multi-process), :mod:`archjax.quant`
 (quantization formats, the model transform, PTQ, cost model, mixed precision),
-:mod:`archjax.analysis` (Hessian tools) and :mod:`archjax.checkpoint` (Orbax).
+:mod:`archjax.analysis` (Hessian tools), :mod:`archjax.checkpoint` (Orbax) and
+:mod:`archjax.compile_cache` (JAX's persistent compilation cache).
 """
 
 import importlib
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "analysis",
     "checkpoint",
+    "compile_cache",
     "data",
     "layers",
     "models",

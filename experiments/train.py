@@ -16,6 +16,7 @@ This file is meant to be read and forked, not subclassed: the loop is flat.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -25,12 +26,13 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from tqdm import tqdm
 
-from archjax import data, models, optim, parallel
+from archjax import compile_cache, data, models, optim, parallel
 from archjax import train as T
 from archjax.checkpoint import Checkpointer, claim_directory
 from experiments import config_utils
@@ -41,7 +43,7 @@ from experiments.plotting import plot_curves
 RESUMABLE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
                   # A run may resume on another device count, mesh or set of hosts.
                   "num_devices", "mesh", "distributed", "keep_best_checkpoints",
-                  "async_checkpoints")  # fmt: skip
+                  "async_checkpoints", "compilation_cache_dir")  # fmt: skip
 
 
 def create_optimizer(config: ml_collections.ConfigDict):
@@ -111,6 +113,10 @@ def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict[st
     return kw
 
 
+# One dispatch per step for the running sums of the train metrics.
+add_metrics = jax.jit(functools.partial(jax.tree.map, jnp.add))
+
+
 def eval_view(state: T.TrainState) -> T.TrainState:
     """The state to evaluate: with the parameter EMA if the optimizer keeps one."""
     ema = optim.find_ema_params(state.opt_state)
@@ -174,6 +180,8 @@ def train_and_evaluate(
     """
     start = time.time()
     config_utils.validate(config)
+    # Before anything compiles: a re-run or a resumed run loads its programs from disk.
+    compile_cache.enable_compilation_cache(config.compilation_cache_dir)
     parallel.initialize(**config.distributed.to_dict())  # no-op for one process
     mesh = parallel.make_mesh(config.num_devices, shape=config.mesh.to_dict())
     parallel.check_batch_size(config.batch_size, mesh)
@@ -195,6 +203,8 @@ def train_and_evaluate(
         seed=config.seed,
         random_crop_pad=config.random_crop_pad,
         random_flip=config.random_flip,
+        # A background thread puts batches on the devices two steps ahead of the loop.
+        device_put=functools.partial(parallel.shard_batch, mesh=mesh),
     )
 
     ckpt = Checkpointer(
@@ -259,12 +269,11 @@ def train_and_evaluate(
         with _Interrupt() as interrupt:
             train_sums, n_sums, t_log = None, 0, time.time()
             while step < config.num_steps:
-                batch = parallel.shard_batch(next(train_iter), mesh)
-                state, metrics = train_step(state, batch)
+                state, metrics = train_step(state, next(train_iter))
                 step += 1
-                train_sums = (
-                    metrics if train_sums is None else jax.tree.map(np.add, train_sums, metrics)
-                )
+                # Summed on the devices and fetched only at log time: a host read here would
+                # wait for every step and stall the asynchronous dispatch.
+                train_sums = metrics if train_sums is None else add_metrics(train_sums, metrics)
                 n_sums += 1
                 bar.update(1)
                 is_last = step == config.num_steps
@@ -301,6 +310,7 @@ def train_and_evaluate(
                     )
                     break
     finally:  # also on errors (NaN loss): pending saves finish, files close
+        train_iter.close()  # stops the prefetch thread
         bar.close()
         ckpt.close()
     if test is None and not interrupted:  # resumed a finished run: evaluate, log nothing new

@@ -7,7 +7,8 @@ disjoint examples that together cover the split, and `batch_size` is the global 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grain
 import jax
@@ -109,6 +110,8 @@ def train_iterator(
     random_flip: bool = False,
     shard_index: int | None = None,
     shard_count: int | None = None,
+    device_put: Callable[[dict], Any] | None = None,
+    device_prefetch: int = 2,
 ) -> grain.DatasetIterator:
     """Returns an endless iterator of shuffled, normalised, augmented training batches.
 
@@ -129,11 +132,18 @@ def train_iterator(
       random_flip: flip images horizontally with probability 1/2.
       shard_index: this process's shard; default `jax.process_index()`.
       shard_count: number of shards; default `jax.process_count()`.
+      device_put: if given, maps each host batch to device arrays (e.g.
+        `functools.partial(archjax.parallel.shard_batch, mesh=mesh)`) in a background
+        thread that runs `device_prefetch` batches ahead of the consumer, so the transfer
+        and the host work overlap the train step (double buffering).
+      device_prefetch: batches transferred ahead when `device_put` is given (>= 1).
 
     Returns:
       A grain `DatasetIterator` yielding {"image": float32 [B, H, W, C], "label": int32 [B]}
-      with B = batch_size // shard_count. `get_state()` is a JSON-serialisable dict, and
-      `set_state(state)` on a fresh iterator built with the same arguments resumes exactly.
+      with B = batch_size // shard_count (as `device_put` returns them, if given).
+      `get_state()` is a JSON-serialisable dict that describes the batches returned so far,
+      never those prefetched, and `set_state(state)` on a fresh iterator built with the same
+      arguments resumes exactly.
 
     Example:
       >>> it = train_iterator(ds, batch_size=128, seed=0, random_crop_pad=2)
@@ -143,6 +153,8 @@ def train_iterator(
     index, count, per_process = _shards(batch_size, shard_index, shard_count)
     if random_crop_pad < 0:
         raise ValueError(f"random_crop_pad must be >= 0, got {random_crop_pad}.")
+    if device_put is not None and device_prefetch < 1:
+        raise ValueError(f"device_prefetch must be >= 1, got {device_prefetch}.")
     shuffle_seed, augment_seed = _seeds(seed, index)
     data = _sharded_source(ds, index, count)
     if len(data) < per_process:
@@ -155,7 +167,17 @@ def train_iterator(
     # so it differs between epochs too.
     data = data.shuffle(seed=shuffle_seed).batch(per_process, drop_remainder=True).repeat()
     data = data.random_map(_AugmentBatch(ds, random_crop_pad, random_flip), seed=augment_seed)
-    return iter(data.to_iter_dataset(_READ_OPTIONS))
+    batches = data.to_iter_dataset(_READ_OPTIONS)
+    if device_put is not None:
+        # grain.experimental.device_put's device stage (the reading threads above are its
+        # host stage) with the caller's transfer: a global array on a mesh rather than a
+        # device_put to one device. grain's prefetch iterator records the state after each
+        # element and reports that of the last one returned, so a checkpoint never skips
+        # the batches still waiting in the buffer.
+        batches = grain.experimental.ThreadPrefetchIterDataset(
+            batches.map(device_put), prefetch_buffer_size=device_prefetch
+        )
+    return iter(batches)
 
 
 def _padding_batch(ds: Dataset, size: int) -> dict:

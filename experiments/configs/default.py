@@ -94,4 +94,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.keep_best_checkpoints = 0  # also keep this many best by test accuracy
     c.async_checkpoints = True  # write in the background; the loop waits only for the copy
 
+    # JAX's persistent compilation cache (archjax.compile_cache): None = the user's cache
+    # dir ($XDG_CACHE_HOME or ~/.cache)/archjax/jax_cache, "" = off, or a path.
+    c.compilation_cache_dir = ml_collections.config_dict.placeholder(str)
+
     return c

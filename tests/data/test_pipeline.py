@@ -1,8 +1,10 @@
 """Tests for archjax/data/pipeline.py: order, coverage, sharding, augmentation, resume, eval."""
 
 import json
+import time
 from collections import Counter
 
+import jax
 import numpy as np
 import pytest
 
@@ -112,6 +114,8 @@ def test_invalid_arguments_raise(indexed_dataset):
         _train(ds, batch_size=4, seed=-1)
     with pytest.raises(ValueError, match="random_crop_pad"):
         _train(ds, batch_size=4, random_crop_pad=-1)
+    with pytest.raises(ValueError, match="device_prefetch"):
+        _train(ds, batch_size=4, device_put=jax.device_put, device_prefetch=0)
 
 
 def _crops(image, pad):
@@ -175,6 +179,46 @@ def test_checkpoint_resumes_exactly(indexed_dataset):
     resumed = make()
     resumed.set_state(state)
     # 7 more batches cross the epoch boundary (5 batches per epoch).
+    for expected, got in zip(uninterrupted[3:], _take(resumed, 7), strict=True):
+        np.testing.assert_array_equal(expected["label"], got["label"])
+        np.testing.assert_array_equal(expected["image"], got["image"])
+
+
+def test_device_prefetch_yields_the_same_batches_on_the_device(indexed_dataset):
+    ds = indexed_dataset(40)
+    kwargs = dict(batch_size=8, seed=3, random_crop_pad=1, random_flip=True)
+    host = _take(_train(ds, **kwargs), 7)
+    on_device = _take(_train(ds, **kwargs, device_put=jax.device_put), 7)
+    for expected, got in zip(host, on_device, strict=True):
+        assert isinstance(got["image"], jax.Array)
+        np.testing.assert_array_equal(expected["label"], got["label"])
+        np.testing.assert_array_equal(expected["image"], got["image"])
+
+
+@pytest.mark.parametrize("ahead", [1, 3])
+def test_checkpoint_while_batches_are_prefetched_resumes_exactly(indexed_dataset, ahead):
+    """The state describes the batches consumed, not those waiting in the device buffer."""
+    ds = indexed_dataset(40)
+    transferred = []
+
+    def put(batch):
+        transferred.append(int(batch["label"][0]))
+        return jax.device_put(batch)
+
+    def make(**kw):
+        return _train(ds, batch_size=8, seed=7, random_crop_pad=2, random_flip=True, **kw)
+
+    uninterrupted = _take(make(), 10)
+    it = make(device_put=put, device_prefetch=ahead)
+    _take(it, 3)
+    deadline = time.time() + 30  # let the background thread fill the buffer
+    while len(transferred) < 3 + ahead and time.time() < deadline:
+        time.sleep(0.01)
+    assert len(transferred) >= 3 + ahead  # batches 4.. are prefetched when the state is taken
+    state = json.loads(json.dumps(it.get_state()))
+    it.close()
+    resumed = make(device_put=jax.device_put, device_prefetch=ahead)
+    resumed.set_state(state)
     for expected, got in zip(uninterrupted[3:], _take(resumed, 7), strict=True):
         np.testing.assert_array_equal(expected["label"], got["label"])
         np.testing.assert_array_equal(expected["image"], got["image"])
