@@ -85,7 +85,8 @@ def prunable(params, rules: Sequence[PruneRule] | None = None):
 
     Args:
       params: the ``params`` collection (no ``"params/"`` prefix in the paths).
-      rules: rules in priority order; None is :func:`first_last_rules`. A rule that
+      rules: rules in priority order; None is :func:`first_last_rules` (whose first-layer
+        regex matches no VGG layer: VGG's first conv is then pruned). A given rule that
         matches no leaf is an error (a typo would otherwise prune nothing silently).
 
     Returns:
@@ -95,11 +96,14 @@ def prunable(params, rules: Sequence[PruneRule] | None = None):
       >>> prunable({"head": {"kernel": w}, "conv": {"kernel": v}})
       {'conv': {'kernel': True}, 'head': {'kernel': False}}
     """
-    rules = first_last_rules() if rules is None else list(rules)
-    paths = [_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    for rule in rules:
-        if not any(match_path(rule.pattern, p) for p in paths):
-            raise ValueError(f"PruneRule pattern {rule.pattern!r} matches no parameter.")
+    if rules is None:  # the default names no model, so a family may lack a stem or head
+        rules = first_last_rules()
+    else:
+        rules = list(rules)
+        paths = [_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        for rule in rules:
+            if not any(match_path(rule.pattern, p) for p in paths):
+                raise ValueError(f"PruneRule pattern {rule.pattern!r} matches no parameter.")
 
     def leaf(path, x) -> bool:
         rule = first_match(rules, _path(path), pattern=lambda r: r.pattern)
