@@ -6,6 +6,7 @@ Subpackages: :mod:`archjax.models` (model families and the name registry),
 (state and pure steps), :mod:`archjax.optim` (optimizer presets),
 :mod:`archjax.parallel` (meshes, sharding rules, multi-process), :mod:`archjax.quant`
 (quantization formats, the model transform, PTQ, cost model, mixed precision),
+:mod:`archjax.sparsity` (pruning masks, masked training, low-rank, LoRA),
 :mod:`archjax.analysis` (Hessian tools) and :mod:`archjax.checkpoint` (Orbax).
 """
 
@@ -22,6 +23,7 @@ __all__ = [
     "optim",
     "parallel",
     "quant",
+    "sparsity",
     "train",
 ]
 
