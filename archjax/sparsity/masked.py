@@ -34,6 +34,22 @@ class MaskedState(NamedTuple):
     inner_state: optax.OptState
 
 
+def _is_masked_node(x) -> bool:
+    return isinstance(x, optax.MaskedNode)
+
+
+def _zero_pruned(x, keep):
+    """One params-shaped leaf of an optimizer state, zero where pruned.
+
+    ``optax.masked`` (weight-decay masks) stores ``MaskedNode`` for leaves it skips;
+    per-layer statistics (NovoGrad's scalar second moment) are not per weight and are
+    left as they are (they are computed from the masked gradients).
+    """
+    if _is_masked_node(x) or jnp.shape(x) != jnp.shape(keep):
+        return x
+    return jnp.where(keep, x, jnp.zeros_like(x))
+
+
 def _where(mask, tree):
     return jax.tree.map(lambda k, x: jnp.where(k, x, jnp.zeros_like(x)), mask, tree)
 
@@ -72,10 +88,11 @@ def keep_masked(
         m = state.mask
         inner_state = optax.tree_utils.tree_map_params(
             inner,
-            lambda x, k: jnp.where(k, x, jnp.zeros_like(x)),
+            _zero_pruned,
             state.inner_state,
             m,
             transform_non_params=lambda x: x,
+            is_leaf=_is_masked_node,
         )
         new, inner_state = inner.update(_where(m, updates), inner_state, _where(m, params))
         new = jax.tree.map(lambda k, u, p: jnp.where(k, u, -p.astype(u.dtype)), m, new, params)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from archjax.sparsity.criteria import apply_mask
-from archjax.sparsity.masked import _is_masked
+from archjax.sparsity.masked import _is_masked, _is_masked_node, _zero_pruned
 
 
 def rewind(
@@ -50,10 +50,11 @@ def rewind(
         raise ValueError("rewind: pass optimizer= with opt_state= (to find its moments).")
     zeroed = optax.tree_utils.tree_map_params(
         optimizer,
-        lambda x, k: jnp.where(k, x, jnp.zeros_like(x)),
+        _zero_pruned,
         opt_state,
         mask,
         transform_non_params=lambda x: x,
+        is_leaf=_is_masked_node,
     )
 
     def put_mask(x):

@@ -8,7 +8,7 @@ import pytest
 import archjax.sparsity as sp
 
 
-@pytest.mark.parametrize("shape", [(16, 8), (3, 3, 4, 8), (8, 12)])
+@pytest.mark.parametrize("shape", [(8, 12), (3, 3, 4, 8)])
 def test_factorize_is_exact_at_full_rank_and_truncates_by_energy(shape):
     kernel = jax.random.normal(jax.random.key(0), shape)
     full = min(int(np.prod(shape[:-1])), shape[-1])

@@ -124,3 +124,37 @@ def test_rewind_restores_step_k_bitwise_with_mask():
     chex.assert_trees_all_equal(r0, sp.apply_mask(init, mask))
     with pytest.raises(ValueError, match="pass optimizer="):
         sp.rewind(params_k, mask, opt_state=state_k)
+
+
+def test_every_archjax_optimizer_preset_keeps_zeros_and_rewinds():
+    """Presets chain optax.masked (decay masks: MaskedNode leaves), AGC and an EMA."""
+    import archjax.optim as optim
+
+    params, flags = _setup()
+    mask = sp.global_magnitude(params, 0.5, prunable=flags)
+    x = jax.random.normal(jax.random.key(1), (4, 4))
+    for name in optim.list_optimizers():
+        tx = sp.keep_masked(
+            optim.create_optimizer(
+                name,
+                learning_rate=0.1,
+                num_steps=10,
+                weight_decay=0.1,
+                agc_clipping=0.01,
+                ema_decay=0.9,
+            ),
+            mask,
+        )
+
+        @jax.jit
+        def step(p, s, tx=tx):
+            u, s = tx.update(jax.grad(_loss)(p, x), s, p)
+            return optax.apply_updates(p, u), s
+
+        p, s = step(params, tx.init(params))
+        p, s = step(p, s)
+        for leaf, m in zip(jax.tree.leaves(p), jax.tree.leaves(mask), strict=True):
+            assert (np.asarray(leaf)[~np.asarray(m)] == 0).all(), name
+        tighter = sp.global_magnitude(p, 0.75, prunable=flags, mask=mask)
+        _, s2 = sp.rewind(params, tighter, opt_state=s, optimizer=tx)
+        chex.assert_trees_all_equal(sp.get_mask(s2), tighter)
