@@ -6,7 +6,8 @@ Every criterion removes an exact number of weights: ``round(sparsity * n)`` of t
 ``n`` candidate weights (Python's ``round``), and ties in the score are broken by
 position (the leaf order of ``jax.tree.flatten``, then row-major inside a leaf:
 the earlier weight is pruned first), so a mask is a deterministic function of its
-inputs. All criteria are jit-compatible (the counts come from shapes).
+inputs. All criteria are jit-compatible (the counts come from shapes); a sparsity is
+a Python number (it sets a count), so evaluate a schedule outside ``jit``.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@
 2. feeds the inner optimizer gradients and parameters with pruned entries zeroed,
    so its moments, weight decay and trust ratios (LARS/LAMB) see the sparse network;
 3. returns ``-params`` as the update of every pruned entry. ``p + (-p)`` is exactly
-   0 in IEEE arithmetic, so after any step the pruned weights are exactly zero, even
-   on the first step after pruning, and whatever the inner optimizer does there
+   0 in IEEE arithmetic (the update takes the wider of the two dtypes, so ``-p`` is
+   never rounded), so after any step the pruned weights are exactly zero, even on
+   the first step after pruning, and whatever the inner optimizer does there
    (weight decay would otherwise move them).
 
 The mask lives in the optimizer state (:class:`MaskedState`), so it is saved and
@@ -95,7 +96,8 @@ def keep_masked(
             is_leaf=_is_masked_node,
         )
         new, inner_state = inner.update(_where(m, updates), inner_state, _where(m, params))
-        new = jax.tree.map(lambda k, u, p: jnp.where(k, u, -p.astype(u.dtype)), m, new, params)
+        # No cast of -p to a narrower update dtype: p + (-p) must be exactly 0.
+        new = jax.tree.map(lambda k, u, p: jnp.where(k, u, -p), m, new, params)
         return new, MaskedState(mask=m, inner_state=inner_state)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -158,3 +158,14 @@ def test_every_archjax_optimizer_preset_keeps_zeros_and_rewinds():
         tighter = sp.global_magnitude(p, 0.75, prunable=flags, mask=mask)
         _, s2 = sp.rewind(params, tighter, opt_state=s, optimizer=tx)
         chex.assert_trees_all_equal(sp.get_mask(s2), tighter)
+
+
+def test_zero_is_exact_when_updates_are_narrower_than_params():
+    params, flags = _setup()
+    mask = sp.global_magnitude(params, 0.5, prunable=flags)
+    to_bf16 = optax.stateless(lambda u, _: jax.tree.map(lambda x: x.astype(jnp.bfloat16), u))
+    tx = sp.keep_masked(optax.chain(optax.sgd(0.1), to_bf16), mask)
+    updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    for leaf, m in zip(jax.tree.leaves(new), jax.tree.leaves(mask), strict=True):
+        assert (np.asarray(leaf)[~np.asarray(m)] == 0).all()  # -p cast to bf16 would not be
