@@ -6,8 +6,10 @@ Subpackages: :mod:`archjax.models` (model families and the name registry),
 (state and pure steps), :mod:`archjax.optim` (optimizer presets),
 :mod:`archjax.parallel` (meshes, sharding rules, multi-process), :mod:`archjax.quant`
 (quantization formats, the model transform, PTQ, cost model, mixed precision),
-:mod:`archjax.analysis` (Hessian tools), :mod:`archjax.checkpoint` (Orbax) and
-:mod:`archjax.compile_cache` (JAX's persistent compilation cache).
+:mod:`archjax.sparsity` (pruning masks, masked training, low-rank, LoRA),
+:mod:`archjax.analysis` (Hessian tools), :mod:`archjax.checkpoint` (Orbax),
+:mod:`archjax.compile_cache` (JAX's persistent compilation cache) and
+:mod:`archjax.studies` (the study engine).
 """
 
 import importlib
@@ -24,6 +26,7 @@ __all__ = [
     "optim",
     "parallel",
     "quant",
+    "sparsity",
     "train",
 ]
 
