@@ -28,7 +28,9 @@ def _batches(n, batch_size=16, seed=0):
 def _run(num_devices, batches, model, tx):
     mesh = parallel.make_mesh(num_devices)
     state = T.create_train_state(model, tx, rng=jax.random.key(0), input_shape=INPUT, mesh=mesh)
-    step = T.jit_train_step(T.make_train_step(model, tx, label_smoothing=0.1), mesh=mesh)
+    step = T.jit_train_step(
+        T.make_train_step(model, tx, recipe=T.Recipe(label_smoothing=0.1)), mesh=mesh
+    )
     losses = []
     for batch in batches:
         state, metrics = step(state, parallel.shard_batch(batch, mesh))

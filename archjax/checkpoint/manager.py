@@ -1,23 +1,4 @@
-"""Orbax checkpoints of a train state (and of the data iterator that feeds it).
-
-A thin wrapper over ``orbax.checkpoint.CheckpointManager`` that fixes the layout
-of an archjax checkpoint::
-
-    <directory>/<step>/state/   the TrainState pytree (StandardSave, sharded arrays)
-    <directory>/<step>/data/    the data iterator state (JSON), if given
-    <directory>/<step>/meta/    config and metrics (JSON)
-    <directory>/<step>/checksums.json   a checksum of every leaf, added after the step
-                                is complete (computed while the save runs)
-
-Orbax writes each step into a temporary directory and renames it when complete,
-so an interrupted save never becomes the "latest" checkpoint. Restores go into
-an abstract target (``jax.eval_shape`` + shardings, possibly of another mesh or
-device count), so each device reads only its own shards and a shape or dtype
-mismatch is caught before training resumes. The per-leaf checksums catch a
-checkpoint whose bytes changed after it was written; ``restore()`` of the latest
-step then falls back to the previous good one, with a warning naming the bad
-step, and moves the bad one aside (``<step>.corrupt``) rather than deleting it.
-"""
+"""The :class:`Checkpointer`: save, restore (falling back past bad steps) and retention."""
 
 from __future__ import annotations
 
@@ -28,121 +9,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
-# Names orbax and archjax write directly under a checkpoint directory.
-_TMP_MARK = ".orbax-checkpoint-tmp"
-_CORRUPT_SUFFIX = ".corrupt"
-_OWN_FILES = ("_CHECKPOINT_METADATA", "_ROOT_METADATA")
-_CHECKSUMS = "checksums.json"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be restored (corrupt, incomplete or a different model)."""
-
-
-class CheckpointWarning(UserWarning):
-    """A bad checkpoint was skipped in favour of an older one."""
-
-
-def _leaf_checksum(x: jax.Array) -> jax.Array:
-    """A position-sensitive uint32 hash of a leaf's bits; exact, so sharding-independent."""
-    if x.dtype.itemsize == 4:
-        bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-    elif x.dtype.itemsize in (1, 2):
-        unsigned = jnp.uint8 if x.dtype.itemsize == 1 else jnp.uint16
-        bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-    else:  # 8-byte leaves (x64 mode): two words each
-        bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-    bits = bits.reshape(-1)
-    i = jnp.arange(bits.size, dtype=jnp.uint32)
-    # Integer sums wrap modulo 2**32 in any order: the same on any mesh.
-    return jnp.sum((bits ^ (i * jnp.uint32(0x9E3779B9))) * (2 * i + 1), dtype=jnp.uint32)
-
-
-@jax.jit
-def _checksums_jit(tree: Any) -> Any:
-    return jax.tree.map(_leaf_checksum, tree)
-
-
-def checksums(tree: Any) -> dict[str, int]:
-    """Per-leaf checksums of a (possibly sharded, multi-process) pytree of arrays.
-
-    Args:
-      tree: arrays, on any mesh; every process must call this (it is one jitted
-        global computation).
-
-    Returns:
-      ``{leaf path: uint32 checksum}``, equal for equal values whatever the sharding.
-
-    Example:
-      >>> checksums({"w": jnp.ones(3)})
-      {'w': 2496349059}
-    """
-    return _resolve(_checksums_jit(tree))
-
-
-def _resolve(sums: Any) -> dict[str, int]:
-    """Device checksums (maybe still being computed) -> ``{path: int}`` (blocks)."""
-    return {key: int(np.asarray(v.addressable_data(0))) for key, v in _leaves_by_path(sums).items()}
-
-
-def claim_directory(path: str | os.PathLike, *, marker: str = ".archjax") -> str:
-    """Creates ``path`` (or accepts it if empty or archjax's own) and marks it as archjax's.
-
-    archjax never writes into a non-empty directory that it did not create: a
-    typo in ``--workdir`` must not scatter files into someone's home directory
-    or an unrelated run. A directory counts as archjax's if it holds ``marker``
-    (written here) or a ``config.json`` (workdirs made before the marker).
-
-    Args:
-      path: the directory to write into.
-      marker: name of the (empty) file that marks the directory.
-
-    Returns:
-      The absolute path.
-
-    Raises:
-      ValueError: ``path`` is a non-empty directory without the marker, or a file.
-
-    Example:
-      >>> workdir = claim_directory("runs/resnet20")
-    """
-    path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{path} exists and is not a directory.")
-    entries = os.listdir(path) if os.path.isdir(path) else []
-    if entries and marker not in entries and "config.json" not in entries:
-        raise ValueError(
-            f"Refusing to write into {path}: it is not empty ({sorted(entries)[:5]}) and is "
-            f"not an archjax directory (no {marker} file). Choose an empty or new directory."
-        )
-    if jax.process_index() == 0:
-        os.makedirs(path, exist_ok=True)
-        if marker not in entries:
-            open(os.path.join(path, marker), "a").close()
-    return path
-
-
-def _check_checkpoint_directory(path: str) -> None:
-    """Refuses a non-empty directory that holds anything but checkpoints."""
-    if not os.path.isdir(path):
-        return
-    foreign = [
-        name
-        for name in os.listdir(path)
-        if not (
-            name.split(".")[0].isdigit() or name in _OWN_FILES or name.startswith(".")  # our marker
-        )
-    ]
-    if foreign:
-        raise ValueError(
-            f"Refusing to write checkpoints into {path}: it holds files that are not "
-            f"checkpoints ({sorted(foreign)[:5]}). Use an empty or new directory."
-        )
+from archjax.checkpoint import checks
+from archjax.checkpoint.checksums import resolve, start_checksums
+from archjax.checkpoint.directories import check_checkpoint_directory, set_aside
+from archjax.checkpoint.errors import CheckpointError, CheckpointWarning, CorruptCheckpointError
 
 
 class Checkpointer:
@@ -190,7 +62,7 @@ class Checkpointer:
                 f"(got best_metric={best_metric!r})."
             )
         self.directory = os.path.abspath(os.fspath(directory))
-        _check_checkpoint_directory(self.directory)
+        check_checkpoint_directory(self.directory)
         self.best_metric = best_metric
         # (step, device checksums) of saves whose checksums.json is not written yet.
         self._pending: list[tuple[int, Any]] = []
@@ -279,7 +151,7 @@ class Checkpointer:
         if started:
             # Dispatched after Orbax's copy to host (on one device queue the copy would
             # wait for the hash) and not awaited: it runs while Orbax writes.
-            self._pending.append((step, _checksums_jit(state)))
+            self._pending.append((step, start_checksums(state)))
         return started
 
     def _write_checksums(self) -> None:
@@ -288,13 +160,13 @@ class Checkpointer:
             return
         self._manager.wait_until_finished()
         for step, sums in self._pending:
-            values = _resolve(sums)
+            values = resolve(sums)
             path = os.path.join(self.directory, str(step))
             if jax.process_index() == 0 and os.path.isdir(path):  # not deleted meanwhile
                 tmp = os.path.join(path, f".checksums.json.tmp{os.getpid()}")
                 with open(tmp, "w") as f:
                     json.dump(values, f)
-                os.replace(tmp, os.path.join(path, _CHECKSUMS))
+                os.replace(tmp, os.path.join(path, checks.CHECKSUMS))
         self._pending = []
 
     def restore(self, target: Any, *, step: int | None = None) -> tuple[Any, dict | None]:
@@ -317,9 +189,11 @@ class Checkpointer:
 
         Raises:
           FileNotFoundError: there is no checkpoint (at ``step``).
-          CheckpointError: the checkpoint does not match ``target`` (the message
-            names the first differing leaf) or cannot be read; with ``step=None``,
-            when no checkpoint at all can be read.
+          CheckpointMismatchError: the checkpoint does not match ``target`` (the
+            message names the first differing leaf).
+          CorruptCheckpointError: the checkpoint at ``step`` cannot be read or fails
+            its checksums.
+          CheckpointError: with ``step=None``, no checkpoint at all can be read.
         """
         if step is not None:
             if step not in self._manager.all_steps():
@@ -333,12 +207,13 @@ class Checkpointer:
         errors = []
         for bad in reversed(steps):
             try:
-                return self._restore_step(target, bad, corruption_only=True)
-            except _Corrupt as e:
+                return self._restore_step(target, bad)
+            except CorruptCheckpointError as e:  # a mismatch is the caller's error: raised
                 reason = str(e) if len(str(e)) < 300 else str(e)[:300] + "..."
                 errors.append(f"step {bad}: {reason}")
                 older = [s for s in steps if s < bad]
-                moved = self._set_aside(bad)
+                moved = set_aside(self.directory, bad)
+                self._manager.reload()
                 warnings.warn(
                     f"Checkpoint at step {bad} in {self.directory} is corrupt or incomplete "
                     f"({reason}); moved it to {moved} (not deleted) and "
@@ -348,35 +223,10 @@ class Checkpointer:
                 )
         raise CheckpointError(f"No readable checkpoint in {self.directory}: {'; '.join(errors)}")
 
-    def _set_aside(self, step: int) -> str:
-        """Renames a bad step directory to ``<step>.corrupt[.N]``; returns the new path."""
-        src = os.path.join(self.directory, str(step))
-        dst = src + _CORRUPT_SUFFIX
-        n = 1
-        while os.path.exists(dst):
-            dst, n = f"{src}{_CORRUPT_SUFFIX}.{n}", n + 1
-        if jax.process_index() == 0:
-            os.rename(src, dst)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices(f"archjax_set_aside_{step}")
-        self._manager.reload()
-        return dst
-
-    def _restore_step(
-        self, target: Any, step: int, *, corruption_only: bool = False
-    ) -> tuple[Any, dict | None]:
-        """One step's restore; ``corruption_only`` turns read/checksum errors into ``_Corrupt``."""
-        try:
-            return self._restore_checked(target, step)
-        except CheckpointError as e:
-            if corruption_only and not isinstance(e, _Mismatch):
-                raise _Corrupt(str(e)) from e
-            raise
-
-    def _restore_checked(self, target: Any, step: int) -> tuple[Any, dict | None]:
+    def _restore_step(self, target: Any, step: int) -> tuple[Any, dict | None]:
+        """One step's checked restore (raises the errors of :mod:`archjax.checkpoint.checks`)."""
         path = os.path.join(self.directory, str(step))
-        saved = self._saved_tree(step, path)
-        _check_matches(saved, target, path)
+        checks.check_matches(checks.saved_tree(self._manager, step, path), target, path)
         items = {"state": ocp.args.StandardRestore(target)}
         has = {k: os.path.isdir(os.path.join(path, k)) for k in ("data", "meta")}
         for key in ("data", "meta"):
@@ -385,21 +235,8 @@ class Checkpointer:
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # orbax raises many types for unreadable files
-            raise CheckpointError(f"Could not read checkpoint {path}: {e}") from e
-        checksum_file = os.path.join(path, _CHECKSUMS)
-        if os.path.exists(checksum_file):  # absent if killed between save and its checksums
-            try:
-                with open(checksum_file) as f:
-                    want = json.load(f)
-            except (OSError, ValueError) as e:
-                raise CheckpointError(f"Checkpoint {path}: unreadable {_CHECKSUMS}: {e}") from e
-            have = checksums(restored["state"])
-            bad = sorted(k for k in want if have.get(k) != want[k])
-            if bad:
-                raise CheckpointError(
-                    f"Checkpoint {path}: {len(bad)} leaf/leaves differ from the checksums "
-                    f"written with them, e.g. {bad[:3]} (the files changed after saving)."
-                )
+            raise CorruptCheckpointError(f"Could not read checkpoint {path}: {e}") from e
+        checks.check_checksums(path, restored["state"])
         return restored["state"], (restored["data"] if has["data"] else None)
 
     def metadata(self, step: int) -> dict:
@@ -410,16 +247,6 @@ class Checkpointer:
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
             "meta"
         ]
-
-    def _saved_tree(self, step: int, path: str) -> Any:
-        """The saved state's metadata tree (shapes and dtypes), or a clear error."""
-        try:
-            meta = self._manager.item_metadata(step)["state"]
-        except Exception as e:
-            raise CheckpointError(f"Checkpoint {path} is unreadable or corrupt: {e}") from e
-        if meta is None:
-            raise CheckpointError(f"Checkpoint {path} has no 'state' item (corrupt or foreign).")
-        return meta
 
     def wait_until_finished(self) -> None:
         """Blocks until background saves (and their checksums) are on disk."""
@@ -436,48 +263,3 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-class _Corrupt(CheckpointError):
-    """Unreadable files or values that fail their checksums."""
-
-
-class _Mismatch(CheckpointError):
-    """The checkpoint is fine but holds a different state tree (a user error, not corruption)."""
-
-
-def _check_matches(saved: Any, target: Any, path: str) -> None:
-    """Raises CheckpointError naming the first leaf whose structure/shape/dtype differs."""
-    saved_keys = _leaves_by_path(saved)
-    target_keys = _leaves_by_path(target)
-    missing = sorted(set(target_keys) - set(saved_keys))
-    extra = sorted(set(saved_keys) - set(target_keys))
-    if missing or extra:
-        raise _Mismatch(
-            f"Checkpoint {path} holds a different state tree than the target: "
-            f"missing from checkpoint {missing[:5]}, unexpected in checkpoint {extra[:5]}. "
-            "Was it written by a different model or optimizer?"
-        )
-    for key, want in target_keys.items():
-        have = saved_keys[key]
-        if tuple(have.shape) != tuple(want.shape) or np.dtype(have.dtype) != np.dtype(want.dtype):
-            raise _Mismatch(
-                f"Checkpoint {path}: leaf {key} has shape {tuple(have.shape)} dtype {have.dtype}, "
-                f"but the target expects shape {tuple(want.shape)} dtype {want.dtype}. "
-                "Was it written by a different model configuration?"
-            )
-
-
-def _key_name(entry: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
-def _leaves_by_path(tree: Any) -> dict[str, Any]:
-    """Leaves keyed by a '/'-joined path that is the same for dataclasses and saved dicts."""
-    return {
-        "/".join(_key_name(k) for k in path): leaf
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-    }
