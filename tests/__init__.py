@@ -1,0 +1,1 @@
+"""archjax tests (a package, so that tests/experiments/ is tests.experiments and never shadows experiments/)."""
