@@ -41,8 +41,12 @@ RECIPES = {
     "microbatches": T.Recipe(microbatches=2),
     "bf16": T.Recipe(precision="bf16"),
 }
-# bf16 activations (8-bit mantissa) are summed in another order on another mesh.
+# bf16 (8-bit mantissa) sums come out in another order on another mesh: 2e-2 on losses,
+# parameters and BatchNorm statistics. The momentum trace holds raw gradients, which
+# under jit sharding are sums of 8 per-device partial sums each rounded to bf16
+# (eps 2^-8): they differ by up to ~8 * 2^-8 * |partial sum|, 2.3e-2 seen here.
 TOLERANCE = {"bf16": 2e-2}
+GRADIENT_TOLERANCE = {"bf16": 5e-2}
 CASES = [("resnet", recipe) for recipe in RECIPES] + [("vit", "plain")]
 # The ViT has no BatchNorm: its per-device body is the pmap test's; shard_map is the ResNet's.
 COMBOS = [
@@ -77,10 +81,9 @@ def _initial_state(model_key):
     return jax.device_get(state)
 
 
-@pytest.fixture(scope="module")
-def setup(request):
+@functools.cache  # once per case, shared by its strategies
+def _reference(model_key, recipe_key):
     """A (model, recipe) case with its one-device reference run."""
-    model_key, recipe_key = request.param
     name, kwargs, size = MODELS[model_key]
     recipe = RECIPES[recipe_key]
     dtype = T.get_policy(recipe.precision).compute_dtype
@@ -94,7 +97,7 @@ def setup(request):
     for b in batches:
         state, m = step(state, parallel.shard_batch(b, mesh1))
         losses.append(float(m["loss"]))
-    tol = TOLERANCE.get(recipe_key, 1e-5)
+    tol = TOLERANCE.get(recipe_key, 1e-5), GRADIENT_TOLERANCE.get(recipe_key, 1e-5)
     return model, recipe, batches, state0, jax.device_get(state), np.asarray(losses), tol
 
 
@@ -141,19 +144,20 @@ def _run_pmap(setup):
     return T.unreplicate(state), losses
 
 
-@pytest.mark.parametrize("setup,strategy", COMBOS, indirect=["setup"])
-def test_strategy_equals_single_device(setup, strategy):
+@pytest.mark.parametrize("case,strategy", COMBOS)
+def test_strategy_equals_single_device(case, strategy):
+    setup = _reference(*case)
     if strategy in MESHES:
         state, losses = _run_jit(setup, strategy)
     elif strategy == "shard_map":
         state, losses = _run_shard_map(setup)
     else:
         state, losses = _run_pmap(setup)
-    *_, ref_state, ref_losses, tol = setup
+    *_, ref_state, ref_losses, (tol, grad_tol) = setup
     assert int(state.step) == len(ref_losses)
     np.testing.assert_allclose(losses, ref_losses, rtol=tol, atol=tol)
     state = jax.device_get(state)
     chex.assert_trees_all_close(state.params, ref_state.params, rtol=tol, atol=tol)
     chex.assert_trees_all_close(state.batch_stats, ref_state.batch_stats, rtol=tol, atol=tol)
-    chex.assert_trees_all_close(state.opt_state, ref_state.opt_state, rtol=tol, atol=tol)
+    chex.assert_trees_all_close(state.opt_state, ref_state.opt_state, rtol=grad_tol, atol=grad_tol)
     assert ref_losses[0] != ref_losses[-1]  # the steps did change something
