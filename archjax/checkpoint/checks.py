@@ -10,10 +10,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -54,6 +57,24 @@ def check_matches(saved: Any, target: Any, path: str) -> None:
                 f"but the target expects shape {tuple(want.shape)} dtype {want.dtype}. "
                 "Was it written by a different model configuration?"
             )
+
+
+def older_target(target: Any, saved: Any) -> tuple[Any, Callable[[Any], Any]]:
+    """Drops the leafless fields a checkpoint predates (``TrainState.collections``).
+
+    A state dataclass that gained a field after a checkpoint was written (empty
+    for that run, so no leaf is missing) is restored as a dict of the fields on
+    disk; the returned function puts the new, empty fields back.
+    """
+    if not dataclasses.is_dataclass(target) or not hasattr(saved, "keys"):
+        return target, lambda state: state
+    fields = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}
+    keys = set(saved.keys())  # orbax's tree metadata: a mapping, but not a Mapping
+    new = {k: v for k, v in fields.items() if k not in keys and not jax.tree.leaves(v)}
+    if not new:
+        return target, lambda state: state
+    on_disk = {k: v for k, v in fields.items() if k not in new}
+    return on_disk, lambda state: dataclasses.replace(target, **state, **new)
 
 
 def check_checksums(path: str, state: Any) -> None:

@@ -226,8 +226,10 @@ class Checkpointer:
     def _restore_step(self, target: Any, step: int) -> tuple[Any, dict | None]:
         """One step's checked restore (raises the errors of :mod:`archjax.checkpoint.checks`)."""
         path = os.path.join(self.directory, str(step))
-        checks.check_matches(checks.saved_tree(self._manager, step, path), target, path)
-        items = {"state": ocp.args.StandardRestore(target)}
+        saved = checks.saved_tree(self._manager, step, path)
+        checks.check_matches(saved, target, path)
+        on_disk, complete = checks.older_target(target, saved)
+        items = {"state": ocp.args.StandardRestore(on_disk)}
         has = {k: os.path.isdir(os.path.join(path, k)) for k in ("data", "meta")}
         for key in ("data", "meta"):
             if has[key]:
@@ -236,8 +238,9 @@ class Checkpointer:
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # orbax raises many types for unreadable files
             raise CorruptCheckpointError(f"Could not read checkpoint {path}: {e}") from e
-        checks.check_checksums(path, restored["state"])
-        return restored["state"], (restored["data"] if has["data"] else None)
+        state = complete(restored["state"])
+        checks.check_checksums(path, state)
+        return state, (restored["data"] if has["data"] else None)
 
     def metadata(self, step: int) -> dict:
         """The ``meta`` item of ``step``: ``config`` and ``metrics`` (or ``{}``)."""
