@@ -233,11 +233,11 @@ def train_and_evaluate(
     if is_main:
         config_utils.truncate_metrics(metrics_path, after_step=step)
     train_step = T.jit_train_step(
-        T.make_recipe_train_step(model, tx, create_recipe(config, train_ds)),
+        T.make_train_step(model, tx, recipe=create_recipe(config, train_ds)),
         mesh=mesh,
         state=state,  # keeps the FSDP / tensor-parallel layout from step to step
     )
-    eval_step = T.jit_eval_step(T.make_eval_step(model), mesh=mesh)
+    eval_step = T.jit_eval_step(T.make_eval_step(model, precision=config.precision), mesh=mesh)
 
     def log(record: dict) -> None:
         if is_main:

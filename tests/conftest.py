@@ -13,3 +13,20 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # 900-step runs hung without this, 0 of 4 with it). Notebook kernels and
 # subprocesses inherit it.
 os.environ.setdefault("PJRT_NPROC", "16")
+
+# The tiny but real main-job run that tests of experiments/ start from: digits at
+# 8 px, a quarter-width ResNet-8, one device. Tests override what they need, e.g.
+# ``{**TINY_RUN, "num_steps": 4}``; ``TINY_MODEL_KWARGS`` go to ``config.model_kwargs``.
+TINY_RUN = dict(
+    model="resnet8",
+    image_size=8,
+    batch_size=32,
+    eval_batch_size=64,
+    num_steps=12,
+    log_every=3,
+    eval_every=6,
+    checkpoint_every=4,
+    warmup_steps=2,
+    num_devices=1,
+)
+TINY_MODEL_KWARGS = dict(width_multiplier=0.25)

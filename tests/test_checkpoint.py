@@ -2,8 +2,10 @@
 
 import json
 import os
+from typing import Any
 
 import chex
+import flax
 import jax
 import numpy as np
 import optax
@@ -211,3 +213,31 @@ def test_checksums_do_not_depend_on_sharding(setup):
     bias[0] = np.nextafter(bias[0], np.float32(2.0) + bias[0])  # one ulp
     diff = {k for k, v in checksums(changed).items() if v != checksums(host)[k]}
     assert diff == {"params/head/bias"}
+
+
+@flax.struct.dataclass
+class _StateBeforeCollections:
+    """TrainState as checkpoints before ``TrainState.collections`` wrote it."""
+
+    step: Any
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: Any
+
+
+def test_checkpoint_from_before_a_new_empty_field_restores(setup, tmp_path):
+    model, tx, mesh, state = setup
+    old = _StateBeforeCollections(
+        step=state.step,
+        params=state.params,
+        batch_stats=state.batch_stats,
+        opt_state=state.opt_state,
+        rng=state.rng,
+    )
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(1, old)
+    with Checkpointer(tmp_path) as ckpt:
+        restored, _ = ckpt.restore(_abstract(model, tx, mesh))
+    assert isinstance(restored, T.TrainState) and restored.collections == {}
+    chex.assert_trees_all_equal(restored, state)

@@ -1,4 +1,4 @@
-"""Train state, pure train/eval steps, losses and their sharded compilation."""
+"""Train state, the one pure train step (with its recipe pieces), eval step, losses, compilation."""
 
 from archjax.train.accumulate import accumulate_gradients
 from archjax.train.losses import accuracy, correct, cross_entropy
@@ -13,7 +13,7 @@ from archjax.train.per_device import (
     unreplicate,
 )
 from archjax.train.precision import Policy, get_policy, list_policies
-from archjax.train.recipe import Recipe, make_recipe_train_step
+from archjax.train.recipe import make_recipe_train_step
 from archjax.train.sam import sam_gradients
 from archjax.train.state import (
     TrainState,
@@ -21,7 +21,13 @@ from archjax.train.state import (
     create_train_state,
     state_sharding,
 )
-from archjax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
+from archjax.train.step import (
+    Recipe,
+    jit_eval_step,
+    jit_train_step,
+    make_eval_step,
+    make_train_step,
+)
 
 __all__ = [
     "Policy",

@@ -9,6 +9,12 @@ function so that the batch is processed in ``k`` equal micro-batches by
 of their losses, aux and gradients is returned: for a loss that is a mean over
 examples this *equals* the full-batch gradient.
 
+Micro-batch ``i`` takes every ``k``-th example, starting at ``i`` (not a
+contiguous block): a batch split over devices on its leading axis (``data``)
+is then split on each device without moving data, and the per-device step
+(``shard_map``/``pmap``, where each device splits its own slice the same way)
+forms the very same micro-batches as the global ``jax.jit`` step.
+
 BatchNorm: each micro-batch is normalised with its own statistics, as a
 smaller per-device batch would be ("ghost batch norm", Hoffer et al. 2017), so a
 BN model's gradient differs from the full-batch one by design; the running
@@ -49,6 +55,13 @@ def split_batch(
     return jax.tree.map(split, batch)
 
 
+def _strided_microbatches(batch: dict, k: int) -> dict:
+    """``[B, ...]`` -> ``[k, B // k, ...]`` where micro-batch ``i`` is ``batch[i::k]``."""
+    blocks = split_batch(batch, k)  # [k, B // k, ...]; raises if k does not divide B
+    # The same memory read as [B // k, k, ...]; swapping the axes gives batch[i::k] at i.
+    return jax.tree.map(lambda x: x.reshape(-1, k, *x.shape[2:]).swapaxes(0, 1), blocks)
+
+
 def accumulate_gradients(grad_fn: GradFn, num_microbatches: int) -> GradFn:
     """Wraps ``grad_fn`` to average over ``num_microbatches`` equal micro-batches.
 
@@ -57,8 +70,8 @@ def accumulate_gradients(grad_fn: GradFn, num_microbatches: int) -> GradFn:
       num_microbatches: ``k``; must divide the batch size. 1 returns ``grad_fn``.
 
     Returns:
-      A gradient function of the same signature. Micro-batch ``i`` gets
-      ``jax.random.fold_in(rng, i)``.
+      A gradient function of the same signature. Micro-batch ``i`` is
+      ``batch[i::k]`` and gets ``jax.random.fold_in(rng, i)``.
 
     Example:
       >>> grad_fn = accumulate_gradients(jax.value_and_grad(loss_fn, has_aux=True), 4)
@@ -71,7 +84,7 @@ def accumulate_gradients(grad_fn: GradFn, num_microbatches: int) -> GradFn:
     k = num_microbatches
 
     def accumulated(params, batch, rng):
-        micro = split_batch(batch, k)
+        micro = _strided_microbatches(batch, k)
 
         def body(total, xs):
             i, mb = xs

@@ -3,22 +3,27 @@
 The main path (:func:`archjax.train.jit_train_step`) is one global ``jax.jit``
 program. Some code is naturally written per device: the step sees its local
 batch, averages gradients with ``pmean`` and computes cross-replica BatchNorm
-statistics. Both variants here run the *same* step as :func:`make_train_step`
-(so they stay equal to it; tested) with two changes made from outside:
+statistics. Both variants here run the *same* step, :func:`make_train_step` with
+its ``axis_name`` set: right after each backward pass the loss, metrics,
+BatchNorm statistics and gradients are averaged over the mapped axis, and every
+BatchNorm averages its statistics over it
+(:func:`archjax.parallel.cross_replica_batch_norm`), so SAM, gradient
+accumulation, the optimizer and the metrics see what the global step sees
+(tested equal to one device for each recipe).
 
-- the optimizer first averages gradients over the mapped axis
-  (:func:`cross_replica_optimizer`, same state tree as the optimizer itself);
-- every BatchNorm averages its statistics over the mapped axis
-  (:func:`archjax.parallel.cross_replica_batch_norm`).
-
-Differences from the jit step: the ``grad_norm`` metric is the mean of the
-per-device norms (not the norm of the mean gradient), and dropout draws the
-same key on every device (different masks from the jit step, same distribution).
+Where per-device code differs from the jit step by construction: dropout and
+augmentation draw the same key on every device (different masks, same
+distribution); mixup/CutMix pair examples within each device's batch; SAM's
+``sam_groups`` split each device's batch (group ``g`` is the ``g``-th slice of
+every device's batch). Micro-batches are the same examples as in the jit step
+(micro-batch ``i`` takes every ``k``-th example; see
+:mod:`archjax.train.accumulate`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -27,31 +32,24 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
-from archjax.parallel import batch_axes, cross_replica_batch_norm
+from archjax.parallel import batch_axes
 from archjax.train import accumulate
-from archjax.train.state import TrainState
-from archjax.train.step import Batch, Metrics, make_train_step
-
-AxisName = str | tuple[str, ...]
-Step = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+from archjax.train.step import AxisName, Recipe, TrainStep, make_train_step
 
 
 def cross_replica_optimizer(
     tx: optax.GradientTransformation, axis_name: AxisName
 ) -> optax.GradientTransformation:
-    """``tx`` applied to gradients averaged over ``axis_name``; its state is ``tx``'s own.
+    """Deprecated: ``make_train_step(..., axis_name=...)`` averages the gradients itself.
 
-    Args:
-      tx: any optax optimizer.
-      axis_name: the ``pmap`` axis or ``shard_map`` mesh axes to average over.
-
-    Returns:
-      A transformation with ``tx.init``, so states and checkpoints are shared
-      with the jit path.
-
-    Example:
-      >>> step = make_train_step(model, cross_replica_optimizer(tx, "batch"))
+    ``tx`` applied to gradients averaged over ``axis_name``; its state is ``tx``'s own.
     """
+    warnings.warn(
+        "cross_replica_optimizer is deprecated; make_train_step(model, tx, axis_name=...) "
+        "averages the gradients over the axis.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
 
     def update(updates, state, params=None):
         return tx.update(jax.lax.pmean(updates, axis_name), state, params)
@@ -64,30 +62,22 @@ def make_per_device_train_step(
     tx: optax.GradientTransformation,
     *,
     axis_name: AxisName,
-    label_smoothing: float = 0.0,
-) -> Step:
+    recipe: Recipe | None = None,
+) -> TrainStep:
     """The per-device body: local batch in, identical new state on every device out.
 
     Args:
       model: a Flax classifier (BatchNorm layers become cross-replica).
-      tx: the optimizer (gradients are averaged over ``axis_name`` first).
+      tx: the optimizer (it sees gradients averaged over ``axis_name``).
       axis_name: the mapped axis (or axes) of the surrounding ``pmap``/``shard_map``.
-      label_smoothing: as in :func:`make_train_step`.
+      recipe: the step's pieces, as in :func:`archjax.train.make_train_step`
+        (default: none).
 
     Returns:
       ``step(state, local_batch) -> (state, metrics)``; metrics are averaged
       over ``axis_name``.
     """
-    inner = make_train_step(
-        model, cross_replica_optimizer(tx, axis_name), label_smoothing=label_smoothing
-    )
-
-    def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        with cross_replica_batch_norm(axis_name):
-            new_state, metrics = inner(state, batch)
-        return new_state, jax.lax.pmean(metrics, axis_name)
-
-    return step
+    return make_train_step(model, tx, recipe=recipe or Recipe(), axis_name=axis_name)
 
 
 def shard_map_train_step(
@@ -95,19 +85,19 @@ def shard_map_train_step(
     tx: optax.GradientTransformation,
     *,
     mesh: Mesh,
-    label_smoothing: float = 0.0,
-) -> Step:
+    recipe: Recipe | None = None,
+) -> TrainStep:
     """The train step as ``jax.shard_map`` over the batch axes of ``mesh``, jitted, donated.
 
     The state must be replicated (data parallelism); the batch is split over the
     ``data`` (and ``fsdp``) axes, as :func:`archjax.parallel.shard_batch` places it.
 
     Example:
-      >>> step = shard_map_train_step(model, tx, mesh=make_mesh())
+      >>> step = shard_map_train_step(model, tx, mesh=make_mesh(), recipe=Recipe(sam_rho=0.05))
       >>> state, metrics = step(state, shard_batch(batch, mesh))
     """
     axes = batch_axes(mesh)
-    body = make_per_device_train_step(model, tx, axis_name=axes, label_smoothing=label_smoothing)
+    body = make_per_device_train_step(model, tx, axis_name=axes, recipe=recipe)
     mapped = jax.shard_map(
         body,
         mesh=mesh,
@@ -125,10 +115,10 @@ def pmap_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
     *,
-    label_smoothing: float = 0.0,
+    recipe: Recipe | None = None,
     devices: Sequence[Any] | None = None,
     axis_name: str = "batch",
-) -> Step:
+) -> TrainStep:
     """The ``jax.pmap`` compatibility variant of the train step (state donated).
 
     Inputs carry a leading device axis: the state from :func:`replicate`, the
@@ -136,13 +126,11 @@ def pmap_train_step(
     needs every process to feed its own devices, which the jit path does better).
 
     Example:
-      >>> step = pmap_train_step(model, tx)
+      >>> step = pmap_train_step(model, tx, recipe=Recipe(microbatches=2))
       >>> state, metrics = step(replicate(state), split_batch(batch, jax.device_count()))
       >>> state = unreplicate(state)
     """
-    body = make_per_device_train_step(
-        model, tx, axis_name=axis_name, label_smoothing=label_smoothing
-    )
+    body = make_per_device_train_step(model, tx, axis_name=axis_name, recipe=recipe)
     return jax.pmap(body, axis_name=axis_name, devices=devices, donate_argnums=0)
 
 

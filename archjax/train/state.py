@@ -31,6 +31,10 @@ class TrainState:
       rng: raw PRNG key data (``uint32[2]`` for the default ``threefry`` key). Raw
         data rather than a typed key so that the state is a plain array pytree that
         any checkpointer saves; the step folds in ``step`` to draw per-step keys.
+      collections: the model's other variable collections, by name, e.g. the
+        ``quant_stats`` of a quantized model (:func:`archjax.quant.quantize`);
+        passed to ``model.apply`` and saved, but not changed by the train step.
+        Empty (no leaves, so checkpoints are unchanged) for a float model.
     """
 
     step: jax.Array
@@ -38,12 +42,40 @@ class TrainState:
     batch_stats: Any
     opt_state: optax.OptState
     rng: jax.Array
+    collections: dict[str, Any] = flax.struct.field(default_factory=dict)
 
     def variables(self) -> dict[str, Any]:
         """The variables dict that ``model.apply`` takes."""
+        variables = {"params": self.params, **self.collections}
         if self.batch_stats:
-            return {"params": self.params, "batch_stats": self.batch_stats}
-        return {"params": self.params}
+            variables["batch_stats"] = self.batch_stats
+        return variables
+
+    @classmethod
+    def from_variables(cls, variables: dict[str, Any]) -> TrainState:
+        """An evaluation-only state at step 0 that holds ``variables`` (no optimizer state).
+
+        For variables made outside training (PTQ calibration, BatchNorm folding)
+        that the eval step should see, e.g.
+        ``make_eval_step(model)(TrainState.from_variables(calibrated), batch)``.
+        """
+        return cls(
+            step=jnp.zeros((), jnp.int32),
+            params=variables["params"],
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=optax.EmptyState(),
+            rng=jax.random.key_data(jax.random.key(0)),
+            collections=_other_collections(variables),
+        )
+
+
+# Collections that are not state: sown values (``intermediates``) are outputs of a call.
+_NOT_STATE = ("params", "batch_stats", "intermediates")
+
+
+def _other_collections(variables: dict[str, Any]) -> dict[str, Any]:
+    """The collections of ``variables`` that :class:`TrainState` keeps in ``collections``."""
+    return {name: value for name, value in variables.items() if name not in _NOT_STATE}
 
 
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation, input_shape: Sequence[int]):
@@ -57,6 +89,7 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, input_shape: Se
             batch_stats=variables.get("batch_stats", {}),
             opt_state=tx.init(params),
             rng=jax.random.key_data(state_rng),
+            collections=_other_collections(variables),
         )
 
     return init

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 from typing import Any
 
 import jax
@@ -56,7 +55,8 @@ datasets = main_job.datasets  # the main job's splits, so scripts and main job a
 
 
 def final_variables(config: ml_collections.ConfigDict, workdir: str, model) -> dict[str, Any]:
-    """``params`` and ``batch_stats`` of the last checkpoint the main job wrote in ``workdir``."""
+    """The variables (``params``, ``batch_stats``, any ``quant_stats``) of ``workdir``'s last
+    checkpoint."""
     train_ds, _ = datasets(config)
     mesh = parallel.make_mesh(config.num_devices)
     tx = main_job.create_optimizer(config)
@@ -72,9 +72,9 @@ def final_variables(config: ml_collections.ConfigDict, workdir: str, model) -> d
 def evaluate(config: ml_collections.ConfigDict, model, variables, ds) -> dict[str, float]:
     """Test loss and accuracy of ``model`` with ``variables`` (``quant_stats`` included)."""
     mesh = parallel.make_mesh(config.num_devices)
-    eval_fn = T.make_eval_step(model)
-    step = T.jit_eval_step(lambda v, b: eval_fn(SimpleNamespace(variables=lambda: v), b), mesh=mesh)
-    return main_job.evaluate(step, variables, ds, batch_size=config.eval_batch_size, mesh=mesh)
+    step = T.jit_eval_step(T.make_eval_step(model, precision=config.precision), mesh=mesh)
+    state = T.TrainState.from_variables(variables)
+    return main_job.evaluate(step, state, ds, batch_size=config.eval_batch_size, mesh=mesh)
 
 
 def train_batches(config: ml_collections.ConfigDict, ds, n: int):

@@ -8,24 +8,22 @@ import pytest
 from experiments.quant import common, ptq, qat
 from experiments.quant.configs import ptq as ptq_config
 from experiments.quant.configs import qat as qat_config
+from tests.conftest import TINY_MODEL_KWARGS, TINY_RUN
 
-TINY = dict(
-    model="resnet8",
-    image_size=8,
-    batch_size=32,
-    eval_batch_size=128,
-    num_steps=4,
-    log_every=2,
-    eval_every=4,
-    checkpoint_every=4,
-    warmup_steps=1,
-    num_devices=1,
-)
+# The main job's tiny run (tests/conftest.py), shorter.
+TINY = {
+    **TINY_RUN,
+    "eval_batch_size": 128,
+    "num_steps": 4,
+    "log_every": 2,
+    "eval_every": 4,
+    "warmup_steps": 1,
+}
 
 
 def _tiny(config):
     config.update(TINY)
-    config.model_kwargs.width_multiplier = 0.25
+    config.model_kwargs.update(TINY_MODEL_KWARGS)
     config.quant.calibration_batches = 2
     return config
 

@@ -16,34 +16,21 @@ from archjax.checkpoint import Checkpointer
 from experiments import config_utils
 from experiments import train as main_job
 from experiments.plotting import read_metrics
+from tests.conftest import TINY_MODEL_KWARGS, TINY_RUN
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# A tiny but real run: digits at 8 px, a quarter-width ResNet-8, one device.
-TINY = dict(
-    model="resnet8",
-    image_size=8,
-    batch_size=32,
-    eval_batch_size=64,
-    num_steps=12,
-    log_every=3,
-    eval_every=6,
-    checkpoint_every=4,
-    warmup_steps=2,
-    num_devices=1,
-)
 
 
 def tiny_config(**overrides):
     config = config_utils.load_config()
-    config.update({**TINY, **overrides})
-    config.model_kwargs.width_multiplier = 0.25
+    config.update({**TINY_RUN, **overrides})
+    config.model_kwargs.update(TINY_MODEL_KWARGS)
     return config
 
 
 def _overrides_as_flags(**overrides):
-    args = [f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]
-    return [*args, "--config.model_kwargs.width_multiplier=0.25"]
+    args = [f"--config.{k}={v}" for k, v in {**TINY_RUN, **overrides}.items()]
+    return [*args, *(f"--config.model_kwargs.{k}={v}" for k, v in TINY_MODEL_KWARGS.items())]
 
 
 def _final_state(workdir, config):

@@ -26,7 +26,7 @@ def test_bf16_policy_dtypes_in_jitted_step():
     )
     tx = optax.sgd(0.1, momentum=0.9)
     state = T.create_train_state(model, tx, rng=jax.random.key(0), input_shape=(1, 8, 8, 1))
-    step = jax.jit(T.make_recipe_train_step(model, tx, T.Recipe(precision="bf16")))
+    step = jax.jit(T.make_train_step(model, tx, recipe=T.Recipe(precision="bf16")))
     batch = {"image": jnp.ones((4, 8, 8, 1)), "label": jnp.arange(4)}
     jaxpr = jax.make_jaxpr(step)(state, batch)
     convs = [e for e in _eqns(jaxpr.jaxpr) if e.primitive.name == "conv_general_dilated"]

@@ -1,6 +1,7 @@
-"""With every piece off, the recipe step is the plain step; pieces compose under jit."""
+"""With every piece off, the one step is the plain SGD step; pieces compose under jit."""
 
 import chex
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -23,19 +24,64 @@ def resnet():
     return model, tx, state, batch
 
 
-def test_default_recipe_equals_make_train_step(resnet):
+def _plain_step(model, tx, label_smoothing):
+    """The plain step written out: value_and_grad of the cross-entropy, one tx.update."""
+
+    def step(state, batch):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+        def loss_fn(params):
+            logits, updates = model.apply(
+                {**state.variables(), "params": params},
+                batch["image"],
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": rng},
+            )
+            loss = T.cross_entropy(logits, batch["label"], label_smoothing=label_smoothing)
+            return loss, (logits, updates)
+
+        (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, param_updates),
+            batch_stats=updates["batch_stats"],
+            opt_state=opt_state,
+        )
+        metrics = {
+            "loss": loss,
+            "accuracy": T.accuracy(logits, batch["label"]),
+            "grad_norm": optax.tree.norm(grads),
+        }
+        return new_state, metrics
+
+    return step
+
+
+def test_default_recipe_is_the_plain_step(resnet):
     model, tx, state, batch = resnet
-    plain = jax.jit(T.make_train_step(model, tx, label_smoothing=0.1))(state, batch)
-    recipe = jax.jit(T.make_recipe_train_step(model, tx, T.Recipe(label_smoothing=0.1)))(
-        state, batch
-    )
-    chex.assert_trees_all_close(recipe, plain, atol=1e-6, rtol=1e-6)
+    plain = jax.jit(_plain_step(model, tx, label_smoothing=0.1))(state, batch)
+    step = T.make_train_step(model, tx, recipe=T.Recipe(label_smoothing=0.1))
+    chex.assert_trees_all_close(jax.jit(step)(state, batch), plain, atol=1e-6, rtol=1e-6)
+
+
+def test_deprecated_spellings_warn_and_build_the_same_step(resnet):
+    model, tx, state, batch = resnet
+    recipe = T.Recipe(label_smoothing=0.1)
+    want = str(jax.make_jaxpr(T.make_train_step(model, tx, recipe=recipe))(state, batch))
+    with pytest.warns(DeprecationWarning, match="make_recipe_train_step is deprecated"):
+        alias = T.make_recipe_train_step(model, tx, recipe)
+    with pytest.warns(DeprecationWarning, match=r"label_smoothing=\.\.\.\) is deprecated"):
+        keyword = T.make_train_step(model, tx, label_smoothing=0.1)
+    for step in (alias, keyword):
+        assert str(jax.make_jaxpr(step)(state, batch)) == want
 
 
 def test_bn_model_with_microbatches_and_mixing(resnet):
     """BatchNorm + accumulation: runs; running stats are the mean of the micro-batch updates."""
     model, tx, state, batch = resnet
-    step = jax.jit(T.make_recipe_train_step(model, tx, T.Recipe(microbatches=2, mixup_alpha=0.2)))
+    step = jax.jit(T.make_train_step(model, tx, recipe=T.Recipe(microbatches=2, mixup_alpha=0.2)))
     new, metrics = step(state, batch)
     assert np.isfinite(metrics["loss"]) and int(new.step) == 1
     chex.assert_trees_all_equal_shapes(new.batch_stats, state.batch_stats)
@@ -46,3 +92,8 @@ def test_recipe_rejects_bad_values():
         T.Recipe(microbatches=0)
     with pytest.raises(ValueError, match="Unknown precision"):
         T.Recipe(precision="int8")
+
+
+def test_step_needs_a_classifier_with_num_classes():
+    with pytest.raises(ValueError, match="int num_classes field.*Dense has num_classes=None"):
+        T.make_train_step(nn.Dense(10), optax.sgd(0.1))

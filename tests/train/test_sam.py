@@ -49,7 +49,7 @@ def test_m_sharpness_groups_perturb_separately():
 def test_sam_train_step_updates_with_sam_gradient(tiny_mlp, batch16):
     tx = optax.sgd(0.1)
     state = init_state(tiny_mlp, tx)
-    step = jax.jit(T.make_recipe_train_step(tiny_mlp, tx, T.Recipe(sam_rho=0.05)))
+    step = jax.jit(T.make_train_step(tiny_mlp, tx, recipe=T.Recipe(sam_rho=0.05)))
     new, metrics = step(state, batch16)
 
     def loss(params):

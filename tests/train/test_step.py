@@ -28,7 +28,9 @@ def _batches(n, batch_size=16, seed=0):
 def _run(num_devices, batches, model, tx):
     mesh = parallel.make_mesh(num_devices)
     state = T.create_train_state(model, tx, rng=jax.random.key(0), input_shape=INPUT, mesh=mesh)
-    step = T.jit_train_step(T.make_train_step(model, tx, label_smoothing=0.1), mesh=mesh)
+    step = T.jit_train_step(
+        T.make_train_step(model, tx, recipe=T.Recipe(label_smoothing=0.1)), mesh=mesh
+    )
     losses = []
     for batch in batches:
         state, metrics = step(state, parallel.shard_batch(batch, mesh))
@@ -59,9 +61,10 @@ def tiny():
     tx = optax.adam(1e-2)
     mesh = parallel.make_mesh()
     step = T.jit_train_step(T.make_train_step(model, tx), mesh=mesh)
-    new_state = lambda: T.create_train_state(
-        model, tx, rng=jax.random.key(0), input_shape=INPUT, mesh=mesh
-    )
+    created = T.create_train_state(model, tx, rng=jax.random.key(0), input_shape=INPUT, mesh=mesh)
+    host, sharding = jax.device_get(created), jax.tree.map(lambda x: x.sharding, created)
+    # A fresh copy per test (the step donates its input) without compiling init again.
+    new_state = lambda: jax.device_put(host, sharding)
     return model, mesh, new_state, step
 
 

@@ -1,0 +1,268 @@
+"""The :class:`Checkpointer`: save, restore (falling back past bad steps) and retention."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from archjax.checkpoint import checks
+from archjax.checkpoint.checksums import resolve, start_checksums
+from archjax.checkpoint.directories import check_checkpoint_directory, set_aside
+from archjax.checkpoint.errors import CheckpointError, CheckpointWarning, CorruptCheckpointError
+
+
+class Checkpointer:
+    """Saves every ``save_interval_steps`` steps; keeps the last N and the best M.
+
+    Args:
+      directory: where the step directories live (created if missing; refused if
+        it holds anything other than checkpoints).
+      save_interval_steps: ``save`` writes only on multiples of this (unless forced).
+      max_to_keep: the last this many checkpoints are kept (``None``: all).
+      async_save: write in a background thread; call :meth:`wait_until_finished`
+        (or :meth:`close`) before the process exits. The train loop is blocked
+        only while device arrays are copied to host memory.
+      best_metric: a key of the ``metrics`` given to :meth:`save`; with
+        ``keep_best`` the best this many checkpoints by it are kept as well.
+      best_mode: ``"max"`` (accuracy) or ``"min"`` (loss).
+      keep_best: how many best-by-metric checkpoints to keep besides the last ones.
+
+    Example:
+      >>> ckpt = Checkpointer(workdir / "checkpoints", save_interval_steps=100)
+      >>> ckpt.save(step, state, data_state=train_iter.get_state())
+      >>> state, data_state = ckpt.restore(abstract_state)     # latest step
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        save_interval_steps: int = 1,
+        max_to_keep: int | None = 3,
+        async_save: bool = True,
+        best_metric: str | None = None,
+        best_mode: str = "max",
+        keep_best: int = 0,
+    ):
+        if save_interval_steps < 1:
+            raise ValueError(f"save_interval_steps must be >= 1, got {save_interval_steps}.")
+        if max_to_keep is not None and max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep}.")
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
+        if keep_best < 0 or (keep_best and not best_metric):
+            raise ValueError(
+                f"keep_best={keep_best} needs keep_best >= 0 and a best_metric "
+                f"(got best_metric={best_metric!r})."
+            )
+        self.directory = os.path.abspath(os.fspath(directory))
+        check_checkpoint_directory(self.directory)
+        self.best_metric = best_metric
+        # (step, device checksums) of saves whose checksums.json is not written yet.
+        self._pending: list[tuple[int, Any]] = []
+        policies = [ocp.checkpoint_managers.LatestN(n=max_to_keep)]
+        if keep_best:
+            policies.append(
+                ocp.checkpoint_managers.BestN(
+                    get_metric_fn=lambda m: m[best_metric],
+                    reverse=best_mode == "min",  # BestN keeps the end of the sorted list
+                    n=keep_best,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=save_interval_steps,
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            # Handlers named up front so that a fresh manager (a resumed run) can
+            # read item metadata before the first restore.
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": ocp.JsonCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
+        )
+
+    def latest_step(self) -> int | None:
+        """The highest complete checkpoint's step, or ``None`` if there is none."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def all_steps(self) -> list[int]:
+        """Steps of all complete checkpoints, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        data_state: dict | None = None,
+        config: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Saves ``state`` at ``step`` if the interval says so (or ``force``).
+
+        Every process must call this (the arrays are written by the processes
+        that hold them); JSON items are written by process 0. The data iterator
+        state must be the same on every process (archjax's grain iterator state
+        is a batch count, so it is).
+
+        Args:
+          step: the step number (usually ``int(state.step)``).
+          state: the pytree to save (a :class:`archjax.train.TrainState`).
+          data_state: JSON-serialisable state of the data iterator.
+          config: the run's config (JSON-serialisable), stored with the state.
+          metrics: scalars for best-by-metric retention (e.g. test accuracy).
+          force: save even off the interval.
+
+        Returns:
+          Whether a save was started. A step that already exists is never
+          overwritten: it is skipped and ``False`` is returned.
+        """
+        step = int(step)
+        if step in self._manager.all_steps():
+            return False
+        if not (force or self._manager.should_save(step)):
+            return False
+        metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
+        self._write_checksums()  # of the previous save, long finished by now
+        meta = {"config": config, "metrics": metrics}
+        items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+        if data_state is not None:
+            items["data"] = ocp.args.JsonSave(data_state)
+        if self.best_metric and metrics is not None and self.best_metric not in metrics:
+            raise ValueError(f"metrics {sorted(metrics)} lack best_metric {self.best_metric!r}.")
+        started = self._manager.save(
+            step, args=ocp.args.Composite(**items), metrics=metrics, force=force
+        )
+        if started:
+            # Dispatched after Orbax's copy to host (on one device queue the copy would
+            # wait for the hash) and not awaited: it runs while Orbax writes.
+            self._pending.append((step, start_checksums(state)))
+        return started
+
+    def _write_checksums(self) -> None:
+        """Writes ``<step>/checksums.json`` for finished saves (atomically, process 0)."""
+        if not self._pending:
+            return
+        self._manager.wait_until_finished()
+        for step, sums in self._pending:
+            values = resolve(sums)
+            path = os.path.join(self.directory, str(step))
+            if jax.process_index() == 0 and os.path.isdir(path):  # not deleted meanwhile
+                tmp = os.path.join(path, f".checksums.json.tmp{os.getpid()}")
+                with open(tmp, "w") as f:
+                    json.dump(values, f)
+                os.replace(tmp, os.path.join(path, checks.CHECKSUMS))
+        self._pending = []
+
+    def restore(self, target: Any, *, step: int | None = None) -> tuple[Any, dict | None]:
+        """Restores the state at ``step`` (default: the latest good one) into ``target``.
+
+        With ``step=None`` a latest checkpoint that cannot be read, or whose
+        values do not match their checksums, is reported with a
+        :class:`CheckpointWarning` naming its step, moved aside to
+        ``<step>.corrupt`` (never deleted) and the previous one is tried.
+
+        Args:
+          target: an abstract state (``jax.ShapeDtypeStruct`` leaves, with shardings
+            for a mesh), e.g. from :func:`archjax.train.abstract_train_state`. The
+            mesh may differ from the one that saved (another device count or
+            strategy): each device reads its own part of the new layout.
+          step: which step; ``None`` means the latest good one.
+
+        Returns:
+          ``(state, data_state)``; ``data_state`` is ``None`` if none was saved.
+
+        Raises:
+          FileNotFoundError: there is no checkpoint (at ``step``).
+          CheckpointMismatchError: the checkpoint does not match ``target`` (the
+            message names the first differing leaf).
+          CorruptCheckpointError: the checkpoint at ``step`` cannot be read or fails
+            its checksums.
+          CheckpointError: with ``step=None``, no checkpoint at all can be read.
+        """
+        if step is not None:
+            if step not in self._manager.all_steps():
+                raise FileNotFoundError(
+                    f"No checkpoint for step {step} in {self.directory}; have {self.all_steps()}."
+                )
+            return self._restore_step(target, step)
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+        errors = []
+        for bad in reversed(steps):
+            try:
+                return self._restore_step(target, bad)
+            except CorruptCheckpointError as e:  # a mismatch is the caller's error: raised
+                reason = str(e) if len(str(e)) < 300 else str(e)[:300] + "..."
+                errors.append(f"step {bad}: {reason}")
+                older = [s for s in steps if s < bad]
+                moved = set_aside(self.directory, bad)
+                self._manager.reload()
+                warnings.warn(
+                    f"Checkpoint at step {bad} in {self.directory} is corrupt or incomplete "
+                    f"({reason}); moved it to {moved} (not deleted) and "
+                    + (f"trying step {older[-1]}." if older else "no older checkpoint is left."),
+                    CheckpointWarning,
+                    stacklevel=2,
+                )
+        raise CheckpointError(f"No readable checkpoint in {self.directory}: {'; '.join(errors)}")
+
+    def _restore_step(self, target: Any, step: int) -> tuple[Any, dict | None]:
+        """One step's checked restore (raises the errors of :mod:`archjax.checkpoint.checks`)."""
+        path = os.path.join(self.directory, str(step))
+        saved = checks.saved_tree(self._manager, step, path)
+        checks.check_matches(saved, target, path)
+        on_disk, complete = checks.older_target(target, saved)
+        items = {"state": ocp.args.StandardRestore(on_disk)}
+        has = {k: os.path.isdir(os.path.join(path, k)) for k in ("data", "meta")}
+        for key in ("data", "meta"):
+            if has[key]:
+                items[key] = ocp.args.JsonRestore()
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # orbax raises many types for unreadable files
+            raise CorruptCheckpointError(f"Could not read checkpoint {path}: {e}") from e
+        state = complete(restored["state"])
+        checks.check_checksums(path, state)
+        return state, (restored["data"] if has["data"] else None)
+
+    def metadata(self, step: int) -> dict:
+        """The ``meta`` item of ``step``: ``config`` and ``metrics`` (or ``{}``)."""
+        path = os.path.join(self.directory, str(step), "meta")
+        if not os.path.isdir(path):
+            return {}
+        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+            "meta"
+        ]
+
+    def wait_until_finished(self) -> None:
+        """Blocks until background saves (and their checksums) are on disk."""
+        self._manager.wait_until_finished()
+        self._write_checksums()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases resources."""
+        self._write_checksums()
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
