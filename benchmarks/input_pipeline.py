@@ -84,7 +84,7 @@ class Case:
             mesh=self.mesh,
         )
         self.step = T.jit_train_step(
-            T.make_recipe_train_step(model, tx, main_job.create_recipe(config, self.ds)),
+            T.make_train_step(model, tx, recipe=main_job.create_recipe(config, self.ds)),
             mesh=self.mesh,
             state=self.state,
         )
