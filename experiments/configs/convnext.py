@@ -12,12 +12,15 @@ least 32 px, so digits are upsampled to 32 px.
 
 import ml_collections
 
-from experiments import config_utils
 from experiments.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Returns the ConvNeXt recipe; ``arg`` is "key=value,..." applied on top."""
+    """Returns the ConvNeXt recipe (no arguments: set keys with ``--config.<key>=``)."""
+    if arg:
+        raise ValueError(
+            f"convnext.py takes no argument, got {arg!r}; set keys with --config.<key>=<value>."
+        )
     c = default.get_config()
     c.model = "convnext_tiny"
     c.model_kwargs = ml_collections.ConfigDict({"depths": (1, 1, 3, 1), "width_multiplier": 0.25})
@@ -31,4 +34,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.warmup_steps = 30
     c.label_smoothing = 0.1
     c.drop_path_rate = 0.1
-    return config_utils.apply_arg(c, arg)
+    return c

@@ -10,12 +10,15 @@ patches (16 tokens). ``model_kwargs.image_size`` follows ``image_size``.
 
 import ml_collections
 
-from experiments import config_utils
 from experiments.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Returns the MLP-Mixer recipe; ``arg`` is "key=value,..." applied on top."""
+    """Returns the MLP-Mixer recipe (no arguments: set keys with ``--config.<key>=``)."""
+    if arg:
+        raise ValueError(
+            f"mixer.py takes no argument, got {arg!r}; set keys with --config.<key>=<value>."
+        )
     c = default.get_config()
     c.model = "mixer_s16_224"
     c.model_kwargs = ml_collections.ConfigDict(
@@ -28,4 +31,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.schedule = "linear"
     c.warmup_steps = 30
     c.label_smoothing = 0.1
-    return config_utils.apply_arg(c, arg)
+    return c

@@ -10,12 +10,15 @@ a short linear warmup for stability. ``regnety_002`` (RegNetY-200MF) on 16 px di
 
 import ml_collections
 
-from experiments import config_utils
 from experiments.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Returns the RegNet recipe; ``arg`` is "key=value,..." applied on top."""
+    """Returns the RegNet recipe (no arguments: set keys with ``--config.<key>=``)."""
+    if arg:
+        raise ValueError(
+            f"regnet.py takes no argument, got {arg!r}; set keys with --config.<key>=<value>."
+        )
     c = default.get_config()
     c.model = "regnety_002"
     c.optimizer = "sgd"
@@ -26,4 +29,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.schedule = "cosine"
     c.warmup_steps = 15
     c.label_smoothing = 0.0
-    return config_utils.apply_arg(c, arg)
+    return c

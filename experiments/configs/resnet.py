@@ -7,17 +7,20 @@ recipes); warmup, a cosine decay and label smoothing 0.1 come from Goyal et al.
 exactly the main job's default config; the file exists so that every family has one.
 
   python -m experiments.train --config=experiments/configs/resnet.py
-  python -m experiments.train --config=experiments/configs/resnet.py:model=resnet32
+  python -m experiments.train --config=experiments/configs/resnet.py --config.model=resnet32
 """
 
 import ml_collections
 
-from experiments import config_utils
 from experiments.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Returns the ResNet recipe; ``arg`` is "key=value,..." applied on top."""
+    """Returns the ResNet recipe (no arguments: set keys with ``--config.<key>=``)."""
+    if arg:
+        raise ValueError(
+            f"resnet.py takes no argument, got {arg!r}; set keys with --config.<key>=<value>."
+        )
     c = default.get_config()
     c.model = "resnet20"
     c.optimizer = "sgd"
@@ -28,4 +31,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.schedule = "cosine"
     c.warmup_steps = 15
     c.label_smoothing = 0.1
-    return config_utils.apply_arg(c, arg)
+    return c

@@ -10,17 +10,21 @@ at 16 px with 4 px patches: 16 tokens. ``model_kwargs.image_size`` follows
 --config.model_kwargs.num_heads=3`` trains the full ViT-Ti with the same recipe.
 
   python -m experiments.train --config=experiments/configs/vit.py
-  python -m experiments.train --config=experiments/configs/vit.py:model=vit_small_patch16_224
+  python -m experiments.train --config=experiments/configs/vit.py \
+      --config.model=vit_small_patch16_224
 """
 
 import ml_collections
 
-from experiments import config_utils
 from experiments.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Returns the ViT recipe; ``arg`` is "key=value,..." applied on top."""
+    """Returns the ViT recipe (no arguments: set keys with ``--config.<key>=``)."""
+    if arg:
+        raise ValueError(
+            f"vit.py takes no argument, got {arg!r}; set keys with --config.<key>=<value>."
+        )
     c = default.get_config()
     c.model = "vit_tiny_patch16_224"
     c.model_kwargs = ml_collections.ConfigDict(
@@ -39,4 +43,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.schedule = "cosine"
     c.warmup_steps = 30
     c.label_smoothing = 0.1
-    return config_utils.apply_arg(c, arg)
+    return c
