@@ -5,7 +5,8 @@ r"""The main archjax job: train and evaluate an image classifier, resumably.
   python -m experiments.train --config=experiments/configs/default.py:model=resnet32
 
 Writes into the workdir (default ``runs/<config name>``): ``checkpoints/``,
-``metrics.jsonl`` (one JSON object per log/eval event), ``curves.png`` and
+``metrics.jsonl`` (one JSON object per log/eval event), the same scalars as
+TensorBoard event files (``tensorboard --logdir runs/``), ``curves.png`` and
 ``config.json``. Running the same command again resumes from the latest
 checkpoint. SIGINT/SIGTERM (Ctrl-C, a preemption notice) save a checkpoint at the
 current step before exiting, so a re-run loses nothing; a hard kill loses at most
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from archjax import compile_cache, data, models, optim, parallel
@@ -46,20 +48,27 @@ RESUMABLE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "k
                   "async_checkpoints", "compilation_cache_dir")  # fmt: skip
 
 
-def create_optimizer(config: ml_collections.ConfigDict):
-    """The optax optimizer that ``config`` names, with its schedule and recipe pieces."""
-    return optim.create_optimizer(
-        config.optimizer,
-        learning_rate=optim.scale_lr(
+def _schedule_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Peak learning rate and warmup steps at ``config.batch_size`` (``lr_scaling``)."""
+    return {
+        "learning_rate": optim.scale_lr(
             config.learning_rate, config.base_batch_size, config.batch_size, config.lr_scaling
         ),
-        num_steps=config.num_steps,
         # Warmup spans the same number of examples at any batch size when scaling is on.
-        warmup_steps=config.warmup_steps
+        "warmup_steps": config.warmup_steps
         if config.lr_scaling == "none"
         else optim.scale_warmup_steps(
             config.warmup_steps, config.base_batch_size, config.batch_size
         ),
+    }
+
+
+def create_optimizer(config: ml_collections.ConfigDict):
+    """The optax optimizer that ``config`` names, with its schedule and recipe pieces."""
+    return optim.create_optimizer(
+        config.optimizer,
+        num_steps=config.num_steps,
+        **_schedule_kwargs(config),
         momentum=config.momentum,
         weight_decay=config.weight_decay,
         nesterov=config.nesterov,
@@ -92,6 +101,13 @@ def create_recipe(config: ml_collections.ConfigDict, ds: data.Dataset) -> T.Reci
         precision=config.precision,
         augment=augment,
     )
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict):
+    """The learning rate at each step of ``create_optimizer(config)``, for logging."""
+    kw = _schedule_kwargs(config)
+    kw["warmup_steps"] = min(kw["warmup_steps"], config.num_steps - 1)  # as create_optimizer
+    return optim.create_schedule(config.schedule, num_steps=config.num_steps, **kw)
 
 
 def datasets(config: ml_collections.ConfigDict) -> tuple[data.Dataset, data.Dataset]:
@@ -230,8 +246,13 @@ def train_and_evaluate(
     step = int(state.step)
 
     metrics_path = os.path.join(workdir, "metrics.jsonl")
+    tensorboard = None
     if is_main:
         config_utils.truncate_metrics(metrics_path, after_step=step)
+        # Event files next to metrics.jsonl with the same scalars; on resume, purge_step
+        # hides the events past the checkpoint, as truncate_metrics drops their records.
+        tensorboard = SummaryWriter(workdir, purge_step=None if resumed_from is None else step)
+    lr_schedule = learning_rate_schedule(config)
     train_step = T.jit_train_step(
         T.make_train_step(model, tx, recipe=create_recipe(config, train_ds)),
         mesh=mesh,
@@ -243,6 +264,9 @@ def train_and_evaluate(
         if is_main:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            for key, value in record.items():
+                if key not in ("step", "split"):
+                    tensorboard.add_scalar(f"{record['split']}/{key}", value, record["step"])
 
     def run_eval(record: bool = True) -> dict[str, float]:
         result = evaluate(
@@ -284,7 +308,16 @@ def train_and_evaluate(
                     _check_finite(means["loss"], step, config, ckpt.directory)
                 if step % config.log_every == 0 or is_last:
                     rate = n_sums * config.batch_size / (time.time() - t_log)
-                    log({"step": step, "split": "train", **means, "examples_per_sec": rate})
+                    lr = float(lr_schedule(step - 1))  # optax counts updates from 0
+                    log(
+                        {
+                            "step": step,
+                            "split": "train",
+                            **means,
+                            "learning_rate": lr,
+                            "examples_per_sec": rate,
+                        }
+                    )
                     bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
                     train_sums, n_sums, t_log = None, 0, time.time()
                 evaluated = step % config.eval_every == 0 or step == config.num_steps
@@ -313,6 +346,8 @@ def train_and_evaluate(
         train_iter.close()  # stops the prefetch thread
         bar.close()
         ckpt.close()
+        if tensorboard is not None:
+            tensorboard.close()
     if test is None and not interrupted:  # resumed a finished run: evaluate, log nothing new
         print(f"The run had already reached num_steps={config.num_steps}.", flush=True)
         test = run_eval(record=False)

@@ -1,9 +1,13 @@
-"""Every notebook under notebooks/ runs from top to bottom without an error.
+"""The notebooks under notebooks/: source and notebook agree, and every notebook runs.
 
-Each notebook is executed with nbclient in a fresh IPython kernel that runs *this*
-interpreter (so it sees the same virtualenv and the same archjax checkout), with the
-notebook's directory as working directory. The kernel inherits this process's
-environment, so it gets the 8 host CPU devices that tests/conftest.py sets up.
+Each notebook is a jupytext pair (notebooks/jupytext.toml): ``NN_name.py`` in the
+py:percent format is the source, ``NN_name.ipynb`` holds the same cells with their
+outputs. The pairs must agree cell by cell, every ``.ipynb`` is committed executed
+(outputs of one top-to-bottom run, plots included), and every source is executed
+here with nbclient in a fresh IPython kernel that runs *this* interpreter (so it
+sees the same virtualenv and the same archjax checkout), with the notebook's
+directory as working directory. The kernel inherits this process's environment,
+so it gets the 8 host CPU devices that tests/conftest.py sets up.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
+import jupytext
 import nbclient
 import nbformat
 import pytest
@@ -18,8 +23,20 @@ from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 
 NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parents[2] / "notebooks"
+SOURCES = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 600
+MAX_TOTAL_BYTES = 2 * 2**20  # every .ipynb together, outputs included
+SYNC_HINT = "edit the .py, then run `jupytext --sync {py}` and `jupyter execute --inplace {nb}`"
+
+
+def _ids(paths: list[pathlib.Path]) -> list[str]:
+    return [p.name for p in paths]
+
+
+def _hint(source: pathlib.Path) -> str:
+    rel = source.relative_to(NOTEBOOK_DIR.parent)
+    return SYNC_HINT.format(py=rel, nb=rel.with_suffix(".ipynb"))
 
 
 def _kernel_manager() -> AsyncKernelManager:
@@ -44,8 +61,57 @@ def _interpreter_check_cell() -> nbformat.NotebookNode:
 
 
 def test_notebooks_are_found():
-    """NOTEBOOKS is not empty: a moved directory must fail here, not skip every notebook."""
-    assert NOTEBOOKS, f"No notebooks found in {NOTEBOOK_DIR}"
+    """SOURCES is not empty: a moved directory must fail here, not skip every notebook."""
+    assert SOURCES, f"No notebook sources (NN_name.py) found in {NOTEBOOK_DIR}"
+
+
+def test_every_notebook_is_a_pair():
+    """Each source has its .ipynb and each .ipynb its source."""
+    sources, notebooks = {p.stem for p in SOURCES}, {p.stem for p in NOTEBOOKS}
+    assert not sources - notebooks, (
+        f"No .ipynb for {sorted(sources - notebooks)}: run `jupytext --sync notebooks/NAME.py`."
+    )
+    assert not notebooks - sources, (
+        f"No py:percent source for {sorted(notebooks - sources)}: "
+        "run `jupytext --set-formats ipynb,py:percent notebooks/NAME.ipynb`."
+    )
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=_ids(SOURCES))
+def test_pair_is_in_sync(source: pathlib.Path):
+    """The .ipynb holds exactly the cells of its source (outputs and metadata aside)."""
+    cells = lambda nb: [(cell.cell_type, cell.source) for cell in nb.cells]  # noqa: E731
+    py, nb = cells(jupytext.read(source)), cells(jupytext.read(source.with_suffix(".ipynb")))
+    first = next((i for i, (a, b) in enumerate(zip(py, nb, strict=False)) if a != b), None)
+    assert py == nb, (
+        f"{source.name} ({len(py)} cells) and its .ipynb ({len(nb)} cells) differ from cell "
+        f"{min(len(py), len(nb)) if first is None else first} on: " + _hint(source)
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_is_committed_executed(path: pathlib.Path):
+    """Every code cell ran once, in order, without an error; every plot is saved as a PNG."""
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    hint = _hint(path.with_suffix(".py"))
+    counts = [cell.execution_count for cell in code]
+    assert counts == list(range(1, len(code) + 1)), (
+        f"{path.name} is not saved from one top-to-bottom run (execution counts {counts}): " + hint
+    )
+    for i, cell in enumerate(code):
+        kinds = [out.output_type for out in cell.outputs]
+        assert "error" not in kinds, f"{path.name}: code cell {i} holds an error: " + hint
+        if "plt." in cell.source and ".subplots(" in cell.source:
+            pngs = [out for out in cell.outputs if "image/png" in out.get("data", {})]
+            assert pngs, f"{path.name}: code cell {i} draws a figure but holds no PNG: " + hint
+
+
+def test_notebooks_are_small():
+    """The committed notebooks stay small enough to diff and to load in a browser."""
+    sizes = {p.name: p.stat().st_size for p in NOTEBOOKS}
+    assert sum(sizes.values()) < MAX_TOTAL_BYTES, f"Notebooks take {sizes} bytes"
 
 
 def test_kernel_is_this_interpreter():
@@ -53,30 +119,17 @@ def test_kernel_is_this_interpreter():
     assert _kernel_manager().kernel_spec.argv[0] == sys.executable
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_is_saved_without_outputs(path: pathlib.Path):
-    """Notebooks are committed clean, so that their diffs show only what was edited."""
-    nb = nbformat.read(path, as_version=4)
-    nbformat.validate(nb)
-    dirty = [
-        i
-        for i, cell in enumerate(nb.cells)
-        if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)
-    ]
-    assert not dirty, f"{path.name}: cells {dirty} hold outputs; clear them before committing."
-
-
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path: pathlib.Path):
-    """Executes every cell in order; any exception (or a dead kernel) fails the test."""
-    nb = nbformat.read(path, as_version=4)
+@pytest.mark.parametrize("source", SOURCES, ids=_ids(SOURCES))
+def test_notebook_runs(source: pathlib.Path):
+    """Executes every cell of the source in order; any exception (or a dead kernel) fails."""
+    nb = jupytext.read(source)
     nb.cells.insert(0, _interpreter_check_cell())
     client = nbclient.NotebookClient(
         nb,
         km=_kernel_manager(),
         timeout=CELL_TIMEOUT_S,
         startup_timeout=120,
-        resources={"metadata": {"path": str(path.parent)}},
+        resources={"metadata": {"path": str(source.parent)}},
     )
     # The client does not own a kernel manager it is given: ask it to shut the kernel down.
     client.execute(cleanup_kc=True)
