@@ -32,8 +32,8 @@ import optax
 import orbax.checkpoint as ocp
 
 from archjax import models
-from archjax import train as T
 from archjax.checkpoint import Checkpointer
+from archjax.train import abstract_train_state
 
 
 def random_state(name: str, seed: int = 0):
@@ -43,7 +43,7 @@ def random_state(name: str, seed: int = 0):
     flatter any compressing writer.
     """
     model = models.create(name, num_classes=1000)
-    abstract = T.abstract_train_state(
+    abstract = abstract_train_state(
         model, optax.sgd(0.1, momentum=0.9), input_shape=(1, 224, 224, 3)
     )
     rng = np.random.default_rng(seed)

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 from archjax import models, parallel
-from archjax import train as T
+from archjax.train import create_train_state, jit_train_step, make_train_step
 
 _START = time.perf_counter()
 # torch device; "cpu" only to smoke-test this script (--smoke), never for numbers.
@@ -151,10 +151,10 @@ def jax_runner(name: str, size: int, batch: int, num_classes: int, **knobs):
     model = _create(name, size, num_classes=num_classes, dtype=jnp.bfloat16, **knobs)
     tx = optax.sgd(0.01, momentum=0.9)
     mesh = parallel.make_mesh(1)
-    state = T.create_train_state(
+    state = create_train_state(
         model, tx, rng=jax.random.key(0), input_shape=(1, size, size, 3), mesh=mesh
     )
-    step = T.jit_train_step(T.make_train_step(model, tx), mesh=mesh)
+    step = jit_train_step(make_train_step(model, tx), mesh=mesh)
     rng = np.random.default_rng(0)
     data = parallel.shard_batch(
         {

@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from archjax import data, models, parallel
-from archjax import train as T
+from archjax.train import create_train_state, jit_train_step, make_train_step
 from experiments import config_utils
 from experiments import train as main_job
 
@@ -76,15 +76,15 @@ class Case:
         self.ds, _ = main_job.datasets(config)
         model = models.create(config.model, **main_job.model_kwargs(config, self.ds.num_classes))
         tx = main_job.create_optimizer(config)
-        self.state = T.create_train_state(
+        self.state = create_train_state(
             model,
             tx,
             rng=jax.random.key(config.seed),
             input_shape=(1, *self.ds.image_shape),
             mesh=self.mesh,
         )
-        self.step = T.jit_train_step(
-            T.make_train_step(model, tx, recipe=main_job.create_recipe(config, self.ds)),
+        self.step = jit_train_step(
+            make_train_step(model, tx, recipe=main_job.create_recipe(config, self.ds)),
             mesh=self.mesh,
             state=self.state,
         )

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from archjax import models, parallel
-from archjax import train as T
+from archjax.train import create_train_state, jit_train_step, make_train_step
 
 # name -> (archjax model, image size, batch size)
 CASES = {
@@ -93,10 +93,10 @@ def _jax_runner(name: str, size: int, batch: int, num_classes: int, dtype: str):
     model = models.create(name, num_classes=num_classes, dtype=jnp.dtype(dtype))
     tx = optax.sgd(0.01, momentum=0.9)
     mesh = parallel.make_mesh(1)
-    state = T.create_train_state(
+    state = create_train_state(
         model, tx, rng=jax.random.key(0), input_shape=(1, size, size, 3), mesh=mesh
     )
-    step = T.jit_train_step(T.make_train_step(model, tx), mesh=mesh)
+    step = jit_train_step(make_train_step(model, tx), mesh=mesh)
     rng = np.random.default_rng(0)
     data = parallel.shard_batch(
         {

@@ -1,7 +1,7 @@
 r"""QAT train-step time / float train-step time for a CIFAR ResNet on this CPU.
 
 Builds the main job's train step (archjax.train.make_train_step, SGD+Nesterov) for
-the float ResNet and for ``archjax.quant.quantize(model, rules)`` with each scheme,
+the float ResNet and for ``archjax.quant.quantize_model(model, rules)`` with each scheme,
 and times them in interleaved rounds in one process (same data, same batch), so the
 printed ratios are side by side. Target (issue 4): w8a8 QAT <= 1.15x float.
 
@@ -20,8 +20,8 @@ import numpy as np
 import optax
 
 from archjax import models
-from archjax import train as T
-from archjax.quant import IntFormat, QuantRule, first_last_rules, quantize
+from archjax.quant import IntFormat, QuantRule, first_last_rules, quantize_model
+from archjax.train import create_train_state, make_train_step
 
 INT8, INT4 = IntFormat(bits=8), IntFormat(bits=4)
 SCHEMES = {
@@ -58,13 +58,13 @@ def main(argv=None) -> None:
     }
     tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
     base = models.create(args.model, num_classes=10)
-    cases = {"float": base, **{k: quantize(base, r) for k, r in SCHEMES.items()}}
+    cases = {"float": base, **{k: quantize_model(base, r) for k, r in SCHEMES.items()}}
     steps, states = {}, {}
     for name, model in cases.items():
-        states[name] = T.create_train_state(
+        states[name] = create_train_state(
             model, tx, rng=jax.random.key(0), input_shape=(1, *shape[1:])
         )
-        steps[name] = jax.jit(T.make_train_step(model, tx))
+        steps[name] = jax.jit(make_train_step(model, tx))
     times = {name: [] for name in cases}
     print(
         f"{args.model}, {args.image_size} px, batch {args.batch_size}, {jax.device_count()} "

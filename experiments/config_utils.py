@@ -23,7 +23,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from archjax import data, models, optim
-from archjax import train as T
+from archjax.train import list_policies
 
 _HERE = os.path.dirname(__file__)
 DEFAULT_CONFIG = os.path.join(_HERE, "configs", "default.py")
@@ -284,7 +284,7 @@ def _recipe_choices() -> dict[str, list]:
         "schedule": optim.list_schedules(),
         "lr_scaling": list(optim.LR_RULES),
         "optimizer_state_bits": list(optim.STATE_BITS),
-        "precision": T.list_policies(),
+        "precision": list_policies(),
     }
 
 

@@ -35,8 +35,18 @@ from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from archjax import compile_cache, data, models, optim, parallel
-from archjax import train as T
 from archjax.checkpoint import Checkpointer, claim_directory
+from archjax.train import (
+    Recipe,
+    TrainState,
+    abstract_train_state,
+    create_train_state,
+    get_policy,
+    jit_eval_step,
+    jit_train_step,
+    make_eval_step,
+    make_train_step,
+)
 from experiments import config_utils
 from experiments.plotting import plot_curves
 
@@ -81,7 +91,7 @@ def create_optimizer(config: ml_collections.ConfigDict):
     )
 
 
-def create_recipe(config: ml_collections.ConfigDict, ds: data.Dataset) -> T.Recipe:
+def create_recipe(config: ml_collections.ConfigDict, ds: data.Dataset) -> Recipe:
     """The step-side recipe pieces that ``config`` turns on (see archjax.train.Recipe)."""
     augment = None
     if config.randaugment_layers:
@@ -91,7 +101,7 @@ def create_recipe(config: ml_collections.ConfigDict, ds: data.Dataset) -> T.Reci
             mean=ds.mean,
             std=ds.std,
         )
-    return T.Recipe(
+    return Recipe(
         label_smoothing=config.label_smoothing,
         mixup_alpha=config.mixup_alpha,
         cutmix_alpha=config.cutmix_alpha,
@@ -122,7 +132,7 @@ def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict[st
     """Knobs for ``models.create``: ``model_kwargs`` plus precision and regularization rates."""
     kw = {"num_classes": num_classes, **config.model_kwargs.to_dict()}
     if config.precision != "fp32":
-        kw["dtype"] = T.get_policy(config.precision).compute_dtype
+        kw["dtype"] = get_policy(config.precision).compute_dtype
     for key in ("drop_path_rate", "dropout_rate"):
         if config[key] is not None:
             kw[key] = config[key]
@@ -133,7 +143,7 @@ def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict[st
 add_metrics = jax.jit(functools.partial(jax.tree.map, jnp.add))
 
 
-def eval_view(state: T.TrainState) -> T.TrainState:
+def eval_view(state: TrainState) -> TrainState:
     """The state to evaluate: with the parameter EMA if the optimizer keeps one."""
     ema = optim.find_ema_params(state.opt_state)
     return state if ema is None else state.replace(params=ema)
@@ -188,7 +198,7 @@ def train_and_evaluate(
     """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint).
 
     ``wrap_model`` (optional) maps the created model to the one trained, e.g.
-    ``lambda m: archjax.quant.quantize(m, rules)`` for quantization-aware training.
+    ``lambda m: archjax.quant.quantize_model(m, rules)`` for quantization-aware training.
 
     Returns:
       A summary dict: ``test_accuracy``, ``test_loss``, ``steps``, ``wall_time``,
@@ -233,11 +243,11 @@ def train_and_evaluate(
     )
     resumed_from = None
     if ckpt.latest_step() is None:
-        state = T.create_train_state(
+        state = create_train_state(
             model, tx, rng=jax.random.key(config.seed), input_shape=input_shape, mesh=mesh
         )
     else:  # the latest good checkpoint; a corrupt one is reported and set aside
-        target = T.abstract_train_state(model, tx, input_shape=input_shape, mesh=mesh)
+        target = abstract_train_state(model, tx, input_shape=input_shape, mesh=mesh)
         state, data_state = ckpt.restore(target)
         resumed_from = int(state.step)
         if data_state is not None:
@@ -253,12 +263,12 @@ def train_and_evaluate(
         # hides the events past the checkpoint, as truncate_metrics drops their records.
         tensorboard = SummaryWriter(workdir, purge_step=None if resumed_from is None else step)
     lr_schedule = learning_rate_schedule(config)
-    train_step = T.jit_train_step(
-        T.make_train_step(model, tx, recipe=create_recipe(config, train_ds)),
+    train_step = jit_train_step(
+        make_train_step(model, tx, recipe=create_recipe(config, train_ds)),
         mesh=mesh,
         state=state,  # keeps the FSDP / tensor-parallel layout from step to step
     )
-    eval_step = T.jit_eval_step(T.make_eval_step(model, precision=config.precision), mesh=mesh)
+    eval_step = jit_eval_step(make_eval_step(model, precision=config.precision), mesh=mesh)
 
     def log(record: dict) -> None:
         if is_main:

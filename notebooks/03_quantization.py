@@ -2,7 +2,7 @@
 # # Quantizing a trained model several ways: accuracy against model size
 #
 # Train a small float ResNet on digits, then quantize it after training (PTQ) with
-# several rule sets, without touching the model code: `archjax.quant.quantize(model,
+# several rule sets, without touching the model code: `archjax.quant.quantize_model(model,
 # rules)` intercepts its convolutions and dense layers, `calibrate_model` fixes static
 # activation scales on a few batches, and `archjax.quant.report` counts the bytes.
 #
@@ -33,7 +33,8 @@ model = archjax.models.create("resnet8", num_classes=10, width_multiplier=0.5)
 tx = optax.sgd(optax.cosine_decay_schedule(0.1, 200), momentum=0.9, nesterov=True)
 input_shape = (1, *train_ds.image_shape)
 state = archjax.train.create_train_state(model, tx, rng=jax.random.key(0), input_shape=input_shape)
-step = jax.jit(archjax.train.make_train_step(model, tx, label_smoothing=0.1))
+recipe = archjax.train.Recipe(label_smoothing=0.1)
+step = jax.jit(archjax.train.make_train_step(model, tx, recipe=recipe))
 batches = archjax.data.train_iterator(train_ds, batch_size=128, seed=0, random_crop_pad=1)
 for _ in range(200):
     state, metrics = step(state, next(batches))
@@ -75,7 +76,7 @@ schemes = {
 folded = quant.fold_batchnorm(model, variables, jnp.zeros(input_shape))
 results = {}
 for name, rules in schemes.items():
-    qmodel = quant.quantize(model, rules)
+    qmodel = quant.quantize_model(model, rules)
     qvars = quant.calibrate_model(qmodel, folded, calibration) if rules else folded
     size = quant.report(model, rules, input_shape).size_bytes
     results[name] = (size, accuracy(qmodel, qvars))

@@ -13,7 +13,6 @@ import pytest
 
 import archjax.models as models
 from archjax import parallel
-from archjax import train as T
 from archjax.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -21,6 +20,7 @@ from archjax.checkpoint import (
     checksums,
     claim_directory,
 )
+from archjax.train import TrainState, abstract_train_state, create_train_state, state_sharding
 
 INPUT = (1, 8, 8, 1)
 
@@ -30,7 +30,7 @@ def setup():
     model = models.create("resnet8", num_classes=10, width_multiplier=0.25)
     tx = optax.adam(1e-3)
     mesh = parallel.make_mesh()
-    state = T.create_train_state(model, tx, rng=jax.random.key(3), input_shape=INPUT, mesh=mesh)
+    state = create_train_state(model, tx, rng=jax.random.key(3), input_shape=INPUT, mesh=mesh)
     # Distinct values in every leaf (moments and BN statistics start at 0/1), so
     # that a restore mixing up leaves could not pass.
     leaves, treedef = jax.tree.flatten(state)
@@ -43,11 +43,11 @@ def test_save_restore_is_identity(setup, tmp_path):
     with Checkpointer(tmp_path, save_interval_steps=1) as ckpt:
         assert ckpt.save(1, state, data_state={"epoch": 2, "pos": [1, 2]})
         ckpt.wait_until_finished()
-        target = T.abstract_train_state(model, tx, input_shape=INPUT, mesh=mesh)
+        target = abstract_train_state(model, tx, input_shape=INPUT, mesh=mesh)
     # A fresh Checkpointer, as in a resumed run, reads what another one wrote.
     with Checkpointer(tmp_path) as ckpt:
         restored, data_state = ckpt.restore(target)
-    assert isinstance(restored, T.TrainState)
+    assert isinstance(restored, TrainState)
     chex.assert_trees_all_equal(restored, state)
     chex.assert_trees_all_equal_dtypes(restored, state)
     assert data_state == {"epoch": 2, "pos": [1, 2]}
@@ -73,18 +73,16 @@ def test_restore_errors_name_the_problem(setup, tmp_path):
     model, tx, mesh, state = setup
     with Checkpointer(tmp_path) as ckpt:
         with pytest.raises(FileNotFoundError, match="No checkpoint"):
-            ckpt.restore(T.abstract_train_state(model, tx, input_shape=INPUT, mesh=mesh))
+            ckpt.restore(abstract_train_state(model, tx, input_shape=INPUT, mesh=mesh))
         ckpt.save(1, state)
         ckpt.wait_until_finished()
         other = models.create("resnet8", num_classes=7, width_multiplier=0.25)
         with pytest.raises(CheckpointError, match=r"params/head/bias has shape \(10,\).*\(7,\)"):
-            ckpt.restore(T.abstract_train_state(other, tx, input_shape=INPUT, mesh=mesh))
+            ckpt.restore(abstract_train_state(other, tx, input_shape=INPUT, mesh=mesh))
         with pytest.raises(CheckpointError, match="different state tree"):
-            ckpt.restore(
-                T.abstract_train_state(model, optax.sgd(0.1), input_shape=INPUT, mesh=mesh)
-            )
+            ckpt.restore(abstract_train_state(model, optax.sgd(0.1), input_shape=INPUT, mesh=mesh))
         with pytest.raises(FileNotFoundError, match="step 9"):
-            ckpt.restore(T.abstract_train_state(model, tx, input_shape=INPUT, mesh=mesh), step=9)
+            ckpt.restore(abstract_train_state(model, tx, input_shape=INPUT, mesh=mesh), step=9)
 
 
 @pytest.mark.parametrize("which", ["metadata", "array_data"])
@@ -99,7 +97,7 @@ def test_corrupt_checkpoint_raises_checkpoint_error(setup, tmp_path, which):
             if (which == "array_data") == is_data:
                 with open(os.path.join(root, name), "wb") as f:
                     f.write(b"garbage")
-    target = T.abstract_train_state(model, tx, input_shape=INPUT, mesh=mesh)
+    target = abstract_train_state(model, tx, input_shape=INPUT, mesh=mesh)
     with (
         Checkpointer(tmp_path) as ckpt,
         pytest.raises(
@@ -110,7 +108,7 @@ def test_corrupt_checkpoint_raises_checkpoint_error(setup, tmp_path, which):
 
 
 def _abstract(model, tx, mesh, rules=None):
-    return T.abstract_train_state(model, tx, input_shape=INPUT, mesh=mesh, rules=rules)
+    return abstract_train_state(model, tx, input_shape=INPUT, mesh=mesh, rules=rules)
 
 
 def test_fsdp_checkpoint_restores_on_four_and_one_device(setup, tmp_path):
@@ -118,7 +116,7 @@ def test_fsdp_checkpoint_restores_on_four_and_one_device(setup, tmp_path):
     model, tx, _, state = setup
     rules = parallel.ShardingRules(fsdp_min_size=0)
     mesh8 = parallel.make_mesh(shape={"fsdp": 8})
-    sharded = jax.device_put(state, T.state_sharding(state, mesh8, rules))
+    sharded = jax.device_put(state, state_sharding(state, mesh8, rules))
     kernel = max(jax.tree.leaves(sharded.params), key=lambda x: x.size)
     assert "fsdp" in kernel.sharding.spec, kernel.sharding
     assert kernel.addressable_shards[0].data.size == kernel.size // 8
@@ -204,7 +202,7 @@ def test_checksums_do_not_depend_on_sharding(setup):
     _, _, _, state = setup
     mesh = parallel.make_mesh(shape={"fsdp": 8})
     sharded = jax.device_put(
-        state, T.state_sharding(state, mesh, parallel.ShardingRules(fsdp_min_size=0))
+        state, state_sharding(state, mesh, parallel.ShardingRules(fsdp_min_size=0))
     )
     host = jax.device_get(state)
     assert checksums(sharded) == checksums(state) == checksums(host)
@@ -239,5 +237,5 @@ def test_checkpoint_from_before_a_new_empty_field_restores(setup, tmp_path):
         ckpt.save(1, old)
     with Checkpointer(tmp_path) as ckpt:
         restored, _ = ckpt.restore(_abstract(model, tx, mesh))
-    assert isinstance(restored, T.TrainState) and restored.collections == {}
+    assert isinstance(restored, TrainState) and restored.collections == {}
     chex.assert_trees_all_equal(restored, state)

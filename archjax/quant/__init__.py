@@ -2,8 +2,8 @@
 learned scales (LSQ, PACT), the model transform, its cost model and the
 Hessian-aware mixed-precision search.
 
-``quantize(model, rules)`` is the model transform; the tensor-level codes function
-``archjax.quant.numerics.quantize`` is exported as ``quantize_codes``.
+``quantize_model(model, rules)`` is the model transform (``quantize`` is its deprecated
+alias); ``quantize_codes`` / ``dequantize`` are the tensor-level ops.
 
 Numerics (formats, calibration, numerics, learned, cost) and the transform
 (rules, transform, ptq, native, export) are separate modules; this file exports both.
@@ -45,8 +45,7 @@ from archjax.quant.mixed import (
     to_quant_rules,
     uniform_int,
 )
-from archjax.quant.numerics import STE_VARIANTS, dequantize, fake_quant
-from archjax.quant.numerics import quantize as quantize_codes  # name taken by the transform
+from archjax.quant.numerics import STE_VARIANTS, dequantize, fake_quant, quantize_codes
 
 # --- transform ---
 from archjax.quant.ptq import calibrate_model, fold_batchnorm, reestimate_batch_stats
@@ -57,6 +56,7 @@ from archjax.quant.transform import (
     layer_rules,
     quant_rules,
     quantize,
+    quantize_model,
     unquantized,
 )
 
@@ -112,6 +112,7 @@ __all__ = [
     "match_rule",
     "quant_rules",
     "quantize",
+    "quantize_model",
     "reestimate_batch_stats",
     "unquantized",
 ]

@@ -6,7 +6,7 @@ the codes of ``archjax.quant.quantize_codes`` (formats of 1, 2 or 4 bits packed
 zero points, and every other variable in float, as one Orbax checkpoint with a JSON
 description. ``load(qmodel, directory)`` returns a model and variables whose outputs
 are identical to the exported model's: kernels are decoded with ``dequantize``
-(``dequantize(quantize(w)) == fake_quant(w)`` exactly) and the reloaded model
+(``dequantize(quantize_codes(w)) == fake_quant(w)`` exactly) and the reloaded model
 quantizes activations only, since its weights already lie on the grid.
 """
 
@@ -24,10 +24,9 @@ from flax.core import unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from archjax.quant.calibration import QParams, calibrate
-from archjax.quant.numerics import dequantize
-from archjax.quant.numerics import quantize as quantize_codes
+from archjax.quant.numerics import dequantize, quantize_codes
 from archjax.quant.rules import match_rule
-from archjax.quant.transform import quant_rules, quantize, quantized_weights, unquantized
+from archjax.quant.transform import quant_rules, quantize_model, quantized_weights, unquantized
 
 _PACKABLE = (1, 2, 4)
 
@@ -67,7 +66,7 @@ def export(model, variables: dict[str, Any], directory: str, *args, **kwargs) ->
     """Writes the quantized weights (codes + scales) and the other variables to ``directory``.
 
     Args:
-      model: a module from :func:`archjax.quant.quantize` (static weight scales; learned
+      model: a module from :func:`archjax.quant.quantize_model` (static weight scales; learned
         LSQ scales and computed kernels such as weight-standardized convs are refused).
       variables: its variables (``params``, ``batch_stats``, calibrated ``quant_stats``).
       directory: a new directory (absolute or relative path).
@@ -162,7 +161,7 @@ def load(model, directory: str):
         flat[tuple(key.split("/"))] = dequantize(jnp.asarray(codes), fmt, qp, granularity=gran)
     variables["params"] = unflatten_dict(flat)
     act_only = [dataclasses.replace(r, weight=None) for r in rules]
-    reloaded = quantize(unquantized(model), act_only, momentum=type(model)._quant_momentum)
+    reloaded = quantize_model(unquantized(model), act_only, momentum=type(model)._quant_momentum)
     return reloaded, jax.tree.map(jnp.asarray, variables)
 
 

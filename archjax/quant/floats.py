@@ -55,7 +55,7 @@ class FloatFormat(Format):
     NaN inputs stay NaN in :func:`archjax.quant.fake_quant` for every format, so a
     diverging run is never hidden. Formats without a NaN code cannot store it:
     :func:`archjax.quant.quantize_codes` writes the code of +0 there (``ml_dtypes`` writes
-    a signed zero too), so ``dequantize(quantize(x)) == fake_quant(x)`` holds for all
+    a signed zero too), so ``dequantize(quantize_codes(x)) == fake_quant(x)`` holds for all
     inputs except NaN in such formats.
 
     Emulation runs in float32, whose subnormals XLA flushes to zero on CPU and GPU:

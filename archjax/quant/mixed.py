@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -354,7 +355,14 @@ def _solve(values: np.ndarray, costs: np.ndarray, budget: float, *, method: str)
         choice = _milp(values, costs, budget)
         if choice is not None:
             return choice, "milp"
-        method = "greedy"  # the solver failed or hit its time limit
+        # The solver failed or hit its time limit: say so, not only in ``plan.method``.
+        warnings.warn(
+            "The integer program (milp) found no solution in its time limit; the plan falls "
+            "back to the greedy allocation (plan.method == 'greedy'), which may be worse.",
+            UserWarning,
+            stacklevel=3,
+        )
+        method = "greedy"
     if method == "dp":
         choice = _pareto_dp(values, costs, budget)
         if _total(costs, choice) <= budget:

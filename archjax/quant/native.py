@@ -49,7 +49,7 @@ def native_dtype(fmt) -> jnp.dtype | None:
         allowed = ", ".join(f.name for f in _NATIVE)
         raise ValueError(
             f"Format {fmt.name} has no native (qwix) execution; allowed: {allowed}. "
-            "Use archjax.quant.quantize to emulate it."
+            "Use archjax.quant.quantize_model to emulate it."
         )
     return _NATIVE[fmt]
 
@@ -75,7 +75,7 @@ def native(model: nn.Module, rules: Sequence[QuantRule] | None = None) -> nn.Mod
     """Returns ``model`` running its int8 / fp8 layers natively through qwix.
 
     Args:
-      model: a float Flax module, or a module from :func:`archjax.quant.quantize`
+      model: a float Flax module, or a module from :func:`archjax.quant.quantize_model`
         (its rules are used when ``rules`` is None).
       rules: archjax rules whose formats are int8 / fp8 (first match wins, as in qwix).
 
@@ -94,7 +94,9 @@ def native(model: nn.Module, rules: Sequence[QuantRule] | None = None) -> nn.Mod
     """
     if rules is None:
         if not is_quantized(model):
-            raise ValueError("native(model) needs rules or a model from archjax.quant.quantize.")
+            raise ValueError(
+                "native(model) needs rules or a model from archjax.quant.quantize_model."
+            )
         rules = quant_rules(model)
     provider = qwix.PtqProvider(native_rules(rules))
     return qwix.quantize_model(unquantized(model), provider)

@@ -2,8 +2,8 @@
 
 ``fake_quant`` rounds a tensor onto a format's grid and returns it in the input's
 dtype; its gradient is a straight-through estimator (Bengio et al., 2013) chosen by
-name. ``quantize``/``dequantize`` split the same computation at the stored codes,
-and ``dequantize(quantize(x)) == fake_quant(x)`` holds bit for bit.
+name. ``quantize_codes``/``dequantize`` split the same computation at the stored codes,
+and ``dequantize(quantize_codes(x)) == fake_quant(x)`` holds bit for bit.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from archjax.quant import _groups
 from archjax.quant._format import PER_TENSOR, Format, Granularity, QParams
 
-__all__ = ["STE_VARIANTS", "dequantize", "fake_quant", "quantize"]
+__all__ = ["STE_VARIANTS", "dequantize", "fake_quant", "quantize_codes"]
 
 Array = jax.Array
 
@@ -151,7 +151,9 @@ def fake_quant(
     return y.reshape(x.shape).astype(x.dtype)
 
 
-def quantize(x: Array, fmt, qparams: QParams, *, granularity: Granularity = PER_TENSOR) -> Array:
+def quantize_codes(
+    x: Array, fmt, qparams: QParams, *, granularity: Granularity = PER_TENSOR
+) -> Array:
     """Stored codes of ``x``: integers, or bit patterns for float formats.
 
     Args:
@@ -167,7 +169,7 @@ def quantize(x: Array, fmt, qparams: QParams, *, granularity: Granularity = PER_
         shared scales stay in ``qparams``). Asymmetric codes include the zero point.
 
     Example:
-        >>> codes = quantize(w, IntFormat(bits=4), qp)   # int8 array with values in [-8, 7]
+        >>> codes = quantize_codes(w, IntFormat(bits=4), qp)   # int8 array with values in [-8, 7]
     """
     xg, scale, zp, axes = _prepare(x, fmt, qparams, granularity)
     return fmt.encode(xg, scale, zp, axes).reshape(x.shape)
@@ -176,10 +178,10 @@ def quantize(x: Array, fmt, qparams: QParams, *, granularity: Granularity = PER_
 def dequantize(
     codes: Array, fmt, qparams: QParams, *, granularity: Granularity = PER_TENSOR, dtype=jnp.float32
 ) -> Array:
-    """Values of stored codes: the inverse of :func:`quantize`.
+    """Values of stored codes: the inverse of :func:`quantize_codes`.
 
     Args:
-        codes: output of :func:`quantize`.
+        codes: output of :func:`quantize_codes`.
         fmt: the format.
         qparams: the same scale (and zero point) as used to quantize.
         granularity: as for :func:`quantize`.
@@ -189,7 +191,7 @@ def dequantize(
         ``fake_quant(x)`` for the ``x`` the codes came from, bit for bit.
 
     Example:
-        >>> w_hat = dequantize(quantize(w, fmt, qp), fmt, qp)
+        >>> w_hat = dequantize(quantize_codes(w, fmt, qp), fmt, qp)
     """
     _check_format(fmt)
     _groups.check_granularity(granularity)

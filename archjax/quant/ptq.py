@@ -4,7 +4,7 @@ A PTQ recipe on a trained float model (Jacob et al., 2018; Nagel et al., 2021,
 "A White Paper on Neural Network Quantization"):
 
     folded = fold_batchnorm(model, variables, x)            # BN -> preceding conv
-    qmodel = quantize(model, rules)
+    qmodel = quantize_model(model, rules)
     qvars = calibrate_model(qmodel, folded, batches)          # fills quant_stats
     qvars = reestimate_batch_stats(qmodel, qvars, batches)    # optional (no-op if folded)
 
@@ -49,7 +49,7 @@ def calibrate_model(
     for Deep Learning Inference"). Existing ``quant_stats`` are discarded first.
 
     Args:
-      model: a module from :func:`archjax.quant.quantize`.
+      model: a module from :func:`archjax.quant.quantize_model`.
       variables: its variables (``params``, ``batch_stats``, any ``quant_stats``).
       batches: arrays ``[B, H, W, C]`` or dicts with an ``"image"`` key.
       num_batches: use at most this many batches (None: all).
@@ -65,7 +65,7 @@ def calibrate_model(
       >>> qvars = calibrate_model(qmodel, variables, [x[:64], x[64:128]])
     """
     if not is_quantized(model):
-        raise ValueError("calibrate_model needs a model returned by archjax.quant.quantize.")
+        raise ValueError("calibrate_model needs a model returned by archjax.quant.quantize_model.")
     if num_batches is not None and num_batches < 1:
         raise ValueError(f"num_batches must be >= 1 or None, got {num_batches}.")
     apply_kwargs = {"train": False, **apply_kwargs}

@@ -210,7 +210,9 @@ def _quantized_call(method: Callable[..., Any]) -> Callable[..., Any]:
     return __call__
 
 
-def quantize(model: nn.Module, rules: Sequence[QuantRule], *, momentum: float = 0.99) -> nn.Module:
+def quantize_model(
+    model: nn.Module, rules: Sequence[QuantRule], *, momentum: float = 0.99
+) -> nn.Module:
     """Returns ``model`` with fake-quantized convolutions, dense layers and einsums.
 
     Quantization-aware training follows Jacob et al. (2018) and the rules' straight-
@@ -238,7 +240,7 @@ def quantize(model: nn.Module, rules: Sequence[QuantRule], *, momentum: float = 
     Example:
       >>> int8, int4 = IntFormat(bits=8), IntFormat(bits=4)
       >>> rules = first_last_rules(int8, int4, activation=int8)
-      >>> qmodel = quantize(archjax.models.create("resnet20", num_classes=10), rules)
+      >>> qmodel = quantize_model(archjax.models.create("resnet20", num_classes=10), rules)
       >>> variables = qmodel.init(jax.random.key(0), x, train=False)  # + quant_stats
     """
     rules = tuple(rules)
@@ -293,7 +295,7 @@ def layer_rules(model: nn.Module, *args, **kwargs) -> dict[str, QuantRule | None
     Traces ``model.init`` abstractly (no FLOPs) with the given inputs.
 
     Args:
-      model: a module from :func:`quantize`.
+      model: a module from :func:`quantize_model`.
       *args: model inputs, e.g. ``jnp.zeros((1, 16, 16, 1))``.
       **kwargs: model keyword arguments, e.g. ``train=False``.
 
@@ -312,11 +314,22 @@ def layer_rules(model: nn.Module, *args, **kwargs) -> dict[str, QuantRule | None
     return dict(type(model)._quant_layers)
 
 
+def quantize(model: nn.Module, rules: Sequence[QuantRule], *, momentum: float = 0.99) -> nn.Module:
+    """Deprecated alias of :func:`quantize_model` (kept for one release)."""
+    warnings.warn(
+        "archjax.quant.quantize is deprecated; use archjax.quant.quantize_model (the model "
+        "transform). The tensor-level op is archjax.quant.quantize_codes.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return quantize_model(model, rules, momentum=momentum)
+
+
 def quantized_weights(model: nn.Module, *args, **kwargs) -> dict[str, tuple]:
     """Which parameter each weight-quantized op uses, by ``"path:op"`` name.
 
     Args:
-      model: a module from :func:`quantize`.
+      model: a module from :func:`quantize_model`.
       *args: model inputs (only shapes are used).
       **kwargs: model keyword arguments, e.g. ``train=False``.
 

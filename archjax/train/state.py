@@ -32,7 +32,7 @@ class TrainState:
         data rather than a typed key so that the state is a plain array pytree that
         any checkpointer saves; the step folds in ``step`` to draw per-step keys.
       collections: the model's other variable collections, by name, e.g. the
-        ``quant_stats`` of a quantized model (:func:`archjax.quant.quantize`);
+        ``quant_stats`` of a quantized model (:func:`archjax.quant.quantize_model`);
         passed to ``model.apply`` and saved, but not changed by the train step.
         Empty (no leaves, so checkpoints are unchanged) for a float model.
     """

@@ -9,7 +9,6 @@ import jax
 import ml_collections
 
 from archjax import data, models, parallel
-from archjax import train as T
 from archjax.checkpoint import Checkpointer
 from archjax.quant import (
     BinaryFormat,
@@ -19,6 +18,7 @@ from archjax.quant import (
     TernaryFormat,
     first_last_rules,
 )
+from archjax.train import TrainState, abstract_train_state, jit_eval_step, make_eval_step
 from experiments import train as main_job
 
 INT8, INT4 = IntFormat(bits=8), IntFormat(bits=4)
@@ -60,7 +60,7 @@ def final_variables(config: ml_collections.ConfigDict, workdir: str, model) -> d
     train_ds, _ = datasets(config)
     mesh = parallel.make_mesh(config.num_devices)
     tx = main_job.create_optimizer(config)
-    target = T.abstract_train_state(model, tx, input_shape=(1, *train_ds.image_shape), mesh=mesh)
+    target = abstract_train_state(model, tx, input_shape=(1, *train_ds.image_shape), mesh=mesh)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     try:
         state, _ = ckpt.restore(target, step=ckpt.latest_step())
@@ -72,8 +72,8 @@ def final_variables(config: ml_collections.ConfigDict, workdir: str, model) -> d
 def evaluate(config: ml_collections.ConfigDict, model, variables, ds) -> dict[str, float]:
     """Test loss and accuracy of ``model`` with ``variables`` (``quant_stats`` included)."""
     mesh = parallel.make_mesh(config.num_devices)
-    step = T.jit_eval_step(T.make_eval_step(model, precision=config.precision), mesh=mesh)
-    state = T.TrainState.from_variables(variables)
+    step = jit_eval_step(make_eval_step(model, precision=config.precision), mesh=mesh)
+    state = TrainState.from_variables(variables)
     return main_job.evaluate(step, state, ds, batch_size=config.eval_batch_size, mesh=mesh)
 
 

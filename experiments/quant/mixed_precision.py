@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from archjax import analysis, data
-from archjax.quant import IntFormat, QuantRule, calibrate_model, mixed, quantize
+from archjax.quant import IntFormat, QuantRule, calibrate_model, mixed, quantize_model
 from experiments import config_utils
 from experiments import train as main_job
 from experiments.configs import default
@@ -105,7 +105,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     total = int(table.num_params.sum())
 
     def accuracy(rules) -> float:
-        qmodel = quantize(model, rules)
+        qmodel = quantize_model(model, rules)
         qvars = calibrate_model(qmodel, variables, calib)
         return common.evaluate(base, qmodel, qvars, test_ds)["accuracy"]
 

@@ -26,7 +26,7 @@ import ml_collections
 from absl import app, flags, logging
 
 from archjax import data
-from archjax.quant import calibrate_model, fold_batchnorm, quantize, reestimate_batch_stats
+from archjax.quant import calibrate_model, fold_batchnorm, quantize_model, reestimate_batch_stats
 from experiments import config_utils
 from experiments import train as main_job
 from experiments.quant import common
@@ -55,7 +55,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     reest = [next(reest_iter)["image"] for _ in range(config.quant.bn_reestimation_batches)]
     for s in schemes:
-        qmodel = quantize(model, common.scheme_rules(s))
+        qmodel = quantize_model(model, common.scheme_rules(s))
         plain = calibrate_model(qmodel, variables, calib)
         results[f"{s}/plain"] = common.evaluate(base, qmodel, plain, test_ds)["accuracy"]
         qfolded = calibrate_model(qmodel, folded, calib)

@@ -3,7 +3,7 @@ r"""Quantization-aware training of the main job, then static-scale evaluation.
   python -m experiments.quant.qat --config=experiments/quant/configs/qat.py:scheme=w4a4
   python -m experiments.quant.qat --config.quant.scheme=binary --workdir=runs/qat_binary
 
-Trains ``archjax.quant.quantize(model, rules)`` with the main job's loop
+Trains ``archjax.quant.quantize_model(model, rules)`` with the main job's loop
 (experiments/train.py, unchanged: during training activation scales are dynamic,
 per batch), then calibrates the static activation scales (``quant_stats``) on
 ``quant.calibration_batches`` train batches and evaluates the test split with them,
@@ -20,7 +20,7 @@ from typing import Any
 import ml_collections
 from absl import app, flags, logging
 
-from archjax.quant import calibrate_model, quantize
+from archjax.quant import calibrate_model, quantize_model
 from experiments import config_utils
 from experiments import train as main_job
 from experiments.quant import common
@@ -32,7 +32,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """QAT with ``config.quant.scheme``; returns the main job's summary plus static accuracy."""
     rules = common.scheme_rules(config.quant.scheme)
     base = common.base_config(config)
-    wrap = (lambda m: quantize(m, rules)) if rules else None
+    wrap = (lambda m: quantize_model(m, rules)) if rules else None
     summary = main_job.train_and_evaluate(base, workdir, wrap_model=wrap)
     train_ds, test_ds = common.datasets(base)
     model = common.model_for(base, train_ds)

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from archjax import data, optim
-from archjax import train as T
+from archjax.train import get_policy
 from experiments import config_utils
 from experiments import train as main_job
 
@@ -86,7 +86,7 @@ def test_recipe_pieces_reach_optimizer_model_and_step():
     assert any(is_q(x) for x in jax.tree.leaves(state, is_leaf=is_q))
     assert optim.find_ema_params(state) is not None
     kw = main_job.model_kwargs(config, 10)
-    assert kw["dtype"] == T.get_policy("bf16").compute_dtype and kw["drop_path_rate"] == 0.1
+    assert kw["dtype"] == get_policy("bf16").compute_dtype and kw["drop_path_rate"] == 0.1
     ds = data.get_dataset("digits", "train", image_size=8)
     recipe = main_job.create_recipe(config, ds)
     assert (recipe.sam_rho, recipe.sam_groups, recipe.microbatches) == (0.05, 2, 2)

@@ -11,8 +11,8 @@ import chex
 import pytest
 
 from archjax import models
-from archjax import train as T
 from archjax.checkpoint import Checkpointer
+from archjax.train import abstract_train_state
 from experiments import config_utils
 from experiments import train as main_job
 from experiments.plotting import read_metrics
@@ -38,7 +38,7 @@ def _final_state(workdir, config):
     train_ds_shape = (1, config.image_size, config.image_size, 1)
     model = models.create(config.model, num_classes=10, **config.model_kwargs.to_dict())
     tx = main_job.create_optimizer(config)
-    target = T.abstract_train_state(model, tx, input_shape=train_ds_shape)
+    target = abstract_train_state(model, tx, input_shape=train_ds_shape)
     with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
         return ckpt.restore(target)[0], ckpt.all_steps()
 

@@ -17,8 +17,8 @@ import optax
 from jax.experimental import multihost_utils
 
 from archjax import data, models, parallel
-from archjax import train as T
 from archjax.checkpoint import Checkpointer
+from archjax.train import create_train_state, jit_train_step, make_train_step
 
 STEPS = 3
 
@@ -32,10 +32,10 @@ def main(address: str, process_id: int, workdir: str) -> None:
     tx = optax.sgd(0.1, momentum=0.9)
     ds = data.get_dataset("digits", "train", image_size=8)
     it = data.train_iterator(ds, batch_size=32, seed=0)  # this process's 16 examples
-    state = T.create_train_state(
+    state = create_train_state(
         model, tx, rng=jax.random.key(0), input_shape=(1, 8, 8, 1), mesh=mesh
     )
-    step = T.jit_train_step(T.make_train_step(model, tx), mesh=mesh, state=state)
+    step = jit_train_step(make_train_step(model, tx), mesh=mesh, state=state)
     losses = []
     for _ in range(STEPS):
         state, metrics = step(state, parallel.shard_batch(next(it), mesh))

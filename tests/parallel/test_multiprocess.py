@@ -15,8 +15,8 @@ import numpy as np
 import optax
 
 from archjax import models, parallel
-from archjax import train as T
 from archjax.checkpoint import Checkpointer
+from archjax.train import abstract_train_state
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -65,7 +65,7 @@ def test_two_processes_train_and_checkpoint_identically(tmp_path):
     # The checkpoint both wrote is one consistent state, readable by one process.
     model = models.create("resnet8", num_classes=10, width_multiplier=0.25)
     tx = optax.sgd(0.1, momentum=0.9)
-    target = T.abstract_train_state(model, tx, input_shape=(1, 8, 8, 1), mesh=parallel.make_mesh(1))
+    target = abstract_train_state(model, tx, input_shape=(1, 8, 8, 1), mesh=parallel.make_mesh(1))
     with Checkpointer(tmp_path / "checkpoints") as ckpt:
         assert ckpt.all_steps() == [3]
         state, data_state = ckpt.restore(target)

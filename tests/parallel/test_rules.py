@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from archjax import models, parallel
-from archjax import train as T
+from archjax.train import abstract_train_state
 
 FSDP = parallel.make_mesh(shape={"fsdp": 8})
 TP = parallel.make_mesh(shape={"data": 4, "model": 2})
@@ -61,7 +61,7 @@ def test_bad_regex_is_named():
 def test_every_vit_and_mixer_block_weight_is_tensor_parallel():
     for name in ("vit_tiny_patch16_224", "mixer_s16_224"):
         model = models.create(name, num_classes=10, **models.tiny_kwargs(name))
-        abstract = T.abstract_train_state(model, optax.sgd(0.1), input_shape=(1, 32, 32, 1))
+        abstract = abstract_train_state(model, optax.sgd(0.1), input_shape=(1, 32, 32, 1))
         specs = parallel.tree_partition_specs(abstract.params, TP)
         for path, s in jax.tree_util.tree_leaves_with_path(specs):
             key = parallel.path_name(path)

@@ -19,7 +19,19 @@ import optax
 import pytest
 
 from archjax import models, parallel
-from archjax import train as T
+from archjax.train import (
+    Recipe,
+    create_train_state,
+    get_policy,
+    jit_train_step,
+    make_train_step,
+    pmap_train_step,
+    replicate,
+    shard_map_train_step,
+    split_batch,
+    state_sharding,
+    unreplicate,
+)
 
 # Data parallelism alone (8 vs 1 device) is tests/train/test_step.py's; here the
 # data axis is combined with tensor parallelism.
@@ -35,11 +47,11 @@ MODELS = {
     "vit": ("vit_tiny_patch16_224", models.tiny_kwargs("vit_tiny_patch16_224"), 32),
 }
 RECIPES = {
-    "plain": T.Recipe(),
-    "sam": T.Recipe(sam_rho=0.05),
+    "plain": Recipe(),
+    "sam": Recipe(sam_rho=0.05),
     # 16 examples on 8 devices: each device's 2 examples form the 2 micro-batches.
-    "microbatches": T.Recipe(microbatches=2),
-    "bf16": T.Recipe(precision="bf16"),
+    "microbatches": Recipe(microbatches=2),
+    "bf16": Recipe(precision="bf16"),
 }
 # bf16 (8-bit mantissa) sums come out in another order on another mesh: 2e-2 on losses,
 # parameters and BatchNorm statistics. The momentum trace holds raw gradients, which
@@ -77,7 +89,7 @@ def _initial_state(model_key):
     """Host copy of the step-0 state (parameters are float32 under every precision)."""
     name, kwargs, size = MODELS[model_key]
     model = models.create(name, num_classes=10, **kwargs)
-    state = T.create_train_state(model, TX, rng=jax.random.key(0), input_shape=(1, size, size, 1))
+    state = create_train_state(model, TX, rng=jax.random.key(0), input_shape=(1, size, size, 1))
     return jax.device_get(state)
 
 
@@ -86,13 +98,13 @@ def _reference(model_key, recipe_key):
     """A (model, recipe) case with its one-device reference run."""
     name, kwargs, size = MODELS[model_key]
     recipe = RECIPES[recipe_key]
-    dtype = T.get_policy(recipe.precision).compute_dtype
+    dtype = get_policy(recipe.precision).compute_dtype
     model = models.create(name, num_classes=10, dtype=dtype, **kwargs)
     batches = _batches(size)
     state0 = _initial_state(model_key)
     mesh1 = parallel.make_mesh(1)
     state = jax.device_put(state0, parallel.replicated(mesh1))
-    step = T.jit_train_step(T.make_train_step(model, TX, recipe=recipe), mesh=mesh1, state=state)
+    step = jit_train_step(make_train_step(model, TX, recipe=recipe), mesh=mesh1, state=state)
     losses = []
     for b in batches:
         state, m = step(state, parallel.shard_batch(b, mesh1))
@@ -104,13 +116,13 @@ def _reference(model_key, recipe_key):
 def _run_jit(setup, strategy):
     model, recipe, batches, state0, _, _, _ = setup
     mesh = parallel.make_mesh(shape=MESHES[strategy])
-    state = jax.device_put(state0, T.state_sharding(state0, mesh, RULES))
+    state = jax.device_put(state0, state_sharding(state0, mesh, RULES))
     specs = {leaf.sharding.spec for leaf in jax.tree.leaves(state.params)}
     axes = {a for spec in specs for entry in spec for a in np.atleast_1d(entry) if a}
     expected = {"fsdp": {"fsdp"}, "data_model": {"model"}}
     assert axes == expected[strategy], specs
-    step = T.make_train_step(model, TX, recipe=recipe)
-    step = T.jit_train_step(step, mesh=mesh, state=state, rules=RULES)
+    step = make_train_step(model, TX, recipe=recipe)
+    step = jit_train_step(step, mesh=mesh, state=state, rules=RULES)
     losses = []
     for b in batches:
         state, m = step(state, parallel.shard_batch(b, mesh))
@@ -125,7 +137,7 @@ def _run_shard_map(setup):
     assert ref_state.batch_stats  # cross-device BatchNorm is the point of this variant
     mesh = parallel.make_mesh()
     state = jax.device_put(state0, parallel.replicated(mesh))
-    step = T.shard_map_train_step(model, TX, mesh=mesh, recipe=recipe)
+    step = shard_map_train_step(model, TX, mesh=mesh, recipe=recipe)
     losses = []
     for b in batches:
         state, m = step(state, parallel.shard_batch(b, mesh))
@@ -135,13 +147,13 @@ def _run_shard_map(setup):
 
 def _run_pmap(setup):
     model, recipe, batches, state0, _, _, _ = setup
-    state = T.replicate(state0)
-    step = T.pmap_train_step(model, TX, recipe=recipe)
+    state = replicate(state0)
+    step = pmap_train_step(model, TX, recipe=recipe)
     losses = []
     for b in batches:
-        state, m = step(state, T.split_batch(b, jax.local_device_count()))
+        state, m = step(state, split_batch(b, jax.local_device_count()))
         losses.append(float(m["loss"][0]))
-    return T.unreplicate(state), losses
+    return unreplicate(state), losses
 
 
 @pytest.mark.parametrize("case,strategy", COMBOS)

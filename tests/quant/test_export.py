@@ -21,7 +21,7 @@ from archjax.quant import (
     calibrate_model,
     fake_quant,
     first_last_rules,
-    quantize,
+    quantize_model,
 )
 from archjax.quant.export import export, load, pack, unpack
 
@@ -46,7 +46,7 @@ def test_pack_roundtrip(bits, offset):
     ids=["w4a8", "fp4"],
 )
 def test_export_reload_gives_identical_outputs(tmp_path, rules):
-    model = quantize(models.create("resnet8", num_classes=3, width_multiplier=0.25), rules)
+    model = quantize_model(models.create("resnet8", num_classes=3, width_multiplier=0.25), rules)
     x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
     variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(1))
     variables = calibrate_model(model, variables, [x])
@@ -63,7 +63,7 @@ def test_export_reload_gives_identical_outputs(tmp_path, rules):
 
 
 def test_export_refuses_computed_kernels(tmp_path):
-    model = quantize(models.create("nf_resnet26", **models.tiny_kwargs("nf_resnet26")),
+    model = quantize_model(models.create("nf_resnet26", **models.tiny_kwargs("nf_resnet26")),
                      [QuantRule(pattern=".*", weight=INT8)])  # fmt: skip
     x = np.zeros((1, 16, 16, 3), np.float32)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
@@ -88,7 +88,7 @@ class _Mlp(nn.Module):
 def test_block_formats_through_rules_and_export(tmp_path, fmt, packed):
     """A QuantRule with NF4 / MX weights fake-quantizes the kernels; export packs 4-bit codes."""
     rules = [QuantRule(pattern=".*", weight=fmt, weight_granularity=fmt.weight_granularity)]
-    model = quantize(_Mlp(), rules)
+    model = quantize_model(_Mlp(), rules)
     x = jax.random.normal(jax.random.key(0), (4, 64))
     variables = model.init(jax.random.key(1), x)
     params = variables["params"]
@@ -112,7 +112,7 @@ def test_block_formats_through_rules_and_export(tmp_path, fmt, packed):
 def test_export_keeps_levels_unpacked(tmp_path):
     """Binary weights are levels in {-1, 1}, not bit patterns: stored as int8, reloaded exactly."""
     rules = [QuantRule(pattern=".*", weight=BinaryFormat())]
-    model = quantize(_Mlp(), rules)
+    model = quantize_model(_Mlp(), rules)
     x = jnp.ones((2, 64))
     variables = model.init(jax.random.key(1), x)
     meta = export(model, variables, str(tmp_path / "ckpt"), x)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 from archjax.layers.std_conv import ScaledStdConv
-from archjax.quant import IntFormat, QuantRule, quantize
+from archjax.quant import IntFormat, QuantRule, quantize_model
 from archjax.quant.intercept import find_layers, intercept
 
 PATCHED = [
@@ -54,7 +54,7 @@ def test_attributes_are_patched_only_inside_the_context():
 
 def test_attributes_are_restored_when_a_quantized_model_raises():
     before = _attributes()
-    q = quantize(_Raises(), [QuantRule(pattern=".*", weight=IntFormat(8))])
+    q = quantize_model(_Raises(), [QuantRule(pattern=".*", weight=IntFormat(8))])
     with pytest.raises(ZeroDivisionError, match="inside the model"):
         q.init(jax.random.key(0), jnp.ones((2, 3)))
     assert all(v is before[k] for k, v in _attributes().items())
@@ -91,6 +91,6 @@ def test_enclosing_context_sees_each_module_call_once_through_a_quantized_model(
             jax.eval_shape(lambda v: model.apply(v, x), variables)
         return seen
 
-    q = quantize(_Net(), [QuantRule(pattern=".*", weight=IntFormat(8))])
+    q = quantize_model(_Net(), [QuantRule(pattern=".*", weight=IntFormat(8))])
     submodules = lambda paths: [p for p in paths if p]  # the root's own call(s) aside
     assert submodules(calls(q)) == submodules(calls(_Net())) == [("conv",), ("head",)]

@@ -177,3 +177,12 @@ def test_block_formats_are_candidates():
         want = fake_quant(w, fmt, calibrate(w, fmt, granularity=gran), granularity=gran)
         assert (cand.bits, cand.name) == (fmt.bits, fmt.name)
         np.testing.assert_array_equal(cand.quantize(w), want)
+
+
+def test_milp_failure_falls_back_to_greedy_with_a_warning(monkeypatch):
+    values, costs, budget = next(_problems(2, 1))
+    monkeypatch.setattr(mixed, "_milp", lambda *a: None)  # the solver found nothing
+    with pytest.warns(UserWarning, match="falls back to the greedy allocation"):
+        choice, used = mixed._solve(values, costs, budget, method="milp")
+    assert used == "greedy"
+    assert costs[np.arange(len(choice)), choice].sum() <= budget

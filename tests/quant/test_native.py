@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from archjax.quant import FloatFormat, IntFormat, PerChannel, QuantRule, quantize
+from archjax.quant import FloatFormat, IntFormat, PerChannel, QuantRule, quantize_model
 from archjax.quant.native import native, native_variables
 
 
@@ -43,7 +43,7 @@ def _check_native_vs_fake_quant(x, variables, fmt, tol_steps):
     rules = [
         QuantRule(pattern=".*", weight=fmt, activation=fmt, activation_granularity=PerChannel(0))
     ]
-    fq = quantize(_Net(), rules)
+    fq = quantize_model(_Net(), rules)
     nmodel = native(fq)  # the rules of the fake-quant model
     nvars = native_variables(nmodel, variables, x)
     got = jax.jit(nmodel.apply)(nvars, x)

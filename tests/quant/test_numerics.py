@@ -103,7 +103,7 @@ def test_int_invariants(fmt, granularity, use_jit, x):
 
     y, again, codes, back, grads = (jax.jit(run) if use_jit else run)(wide)
     chex.assert_trees_all_equal(again, y)  # idempotent
-    chex.assert_trees_all_equal(back, y)  # dequantize(quantize(x)) == fake_quant(x)
+    chex.assert_trees_all_equal(back, y)  # dequantize(quantize_codes(x)) == fake_quant(x)
     chex.assert_shape(codes, SHAPE)
     assert codes.dtype == (
         jnp.dtype(("int" if fmt.signed else "uint") + ("8" if fmt.bits <= 8 else "16"))

@@ -12,7 +12,7 @@ from archjax.quant import (
     QuantRule,
     calibrate_model,
     fold_batchnorm,
-    quantize,
+    quantize_model,
     reestimate_batch_stats,
 )
 
@@ -60,7 +60,7 @@ def test_fold_batchnorm_keeps_outputs(trained_like):
 
 def test_calibrate_model_gives_static_scales(trained_like):
     model, variables, x = trained_like
-    qmodel = quantize(model, W8A8)
+    qmodel = quantize_model(model, W8A8)
     batches = [x[:4], x[4:]]
     qvars = calibrate_model(qmodel, variables, batches)
     stats = jax.tree_util.tree_leaves_with_path(qvars["quant_stats"])
@@ -81,7 +81,7 @@ def test_calibrate_model_gives_static_scales(trained_like):
 
 def test_reestimate_batch_stats_moves_running_stats_toward_data(trained_like):
     model, variables, x = trained_like
-    qmodel = quantize(model, W8A8)
+    qmodel = quantize_model(model, W8A8)
     new = reestimate_batch_stats(qmodel, variables, [x] * 40)
     old_mean = variables["batch_stats"]["stem_bn"]["mean"]
     new_mean = new["batch_stats"]["stem_bn"]["mean"]
@@ -98,5 +98,6 @@ def test_fold_batchnorm_finds_the_same_pairs_through_a_quantized_model(trained_l
     """Pairs are found by tracing, also through the quantized model's interception."""
     model, variables, x = trained_like
     chex.assert_trees_all_close(
-        fold_batchnorm(quantize(model, W8A8), variables, x), fold_batchnorm(model, variables, x)
+        fold_batchnorm(quantize_model(model, W8A8), variables, x),
+        fold_batchnorm(model, variables, x),
     )

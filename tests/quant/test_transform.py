@@ -1,4 +1,4 @@
-"""quantize(model, rules): what is quantized, with which rule, and the quant_stats state."""
+"""quantize_model(model, rules): what is quantized, with which rule, and the quant_stats state."""
 
 import warnings
 
@@ -24,7 +24,7 @@ from archjax.quant import (
     layer_rules,
     match_rule,
     quant_rules,
-    quantize,
+    quantize_model,
     unquantized,
 )
 from archjax.quant.transform import quantized_weights
@@ -76,14 +76,14 @@ def test_bad_rule_raises(kw, msg):
 
 def test_bad_quantize_arguments_raise():
     with pytest.raises(ValueError, match="QuantRule"):
-        quantize(_Net(), ["head"])
+        quantize_model(_Net(), ["head"])
     with pytest.raises(ValueError, match="momentum"):
-        quantize(_Net(), [], momentum=1.0)
+        quantize_model(_Net(), [], momentum=1.0)
 
 
 def test_float_rules_are_the_identity_and_params_tree_is_unchanged(net):
     x, variables = net
-    q = quantize(_Net(), [QuantRule(pattern=".*")])  # no format: nothing quantized
+    q = quantize_model(_Net(), [QuantRule(pattern=".*")])  # no format: nothing quantized
     assert is_quantized(q) and not is_quantized(unquantized(q))
     assert quant_rules(q) == (QuantRule(pattern=".*"),)
     qvars = jax.jit(q.init)(jax.random.key(1), x)
@@ -96,7 +96,7 @@ def test_dense_and_std_conv_use_fake_quantized_kernels(net, jit):
     """Weight-only int4: the model equals the float model run on fake-quantized kernels."""
     x, variables = net
     rules = [QuantRule(pattern="^(head|conv)$", weight=INT4)]
-    q = quantize(_Net(), rules)
+    q = quantize_model(_Net(), rules)
     apply = jax.jit(q.apply) if jit else q.apply
     got = apply(variables, x)
 
@@ -125,7 +125,7 @@ def test_dense_and_std_conv_use_fake_quantized_kernels(net, jit):
 
 def test_einsum_operands_are_activations(net):
     x, variables = net
-    q = quantize(_Net(), [QuantRule(pattern="^$", activation=INT4)])  # root: the einsums
+    q = quantize_model(_Net(), [QuantRule(pattern="^$", activation=INT4)])  # root: the einsums
     layers = layer_rules(q, x)
     assert [k for k, r in layers.items() if r is not None] == [":einsum0", ":einsum1"]
     qvars = q.init(jax.random.key(1), x)
@@ -135,18 +135,18 @@ def test_einsum_operands_are_activations(net):
 
 def test_unmatched_rule_warns_with_layer_paths(net):
     x, _ = net
-    q = quantize(_Net(), [QuantRule(pattern="^stage9", weight=INT8), QuantRule(pattern=".*")])
+    q = quantize_model(_Net(), [QuantRule(pattern="^stage9", weight=INT8), QuantRule(pattern=".*")])
     with pytest.warns(UserWarning, match=r"'\^stage9' matches no layer.*'conv'.*'head'"):
         q.init(jax.random.key(0), x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every rule matches: no warning
-        quantize(_Net(), [QuantRule(pattern="head", weight=INT8)]).init(jax.random.key(0), x)
+        quantize_model(_Net(), [QuantRule(pattern="head", weight=INT8)]).init(jax.random.key(0), x)
 
 
 def test_quant_stats_static_after_calibration(net):
     """Without quant_stats: dynamic scales; after a mutable pass: the batch's scale, stored."""
     x, variables = net
-    q = quantize(_Net(), [QuantRule(pattern="head", activation=INT8)])
+    q = quantize_model(_Net(), [QuantRule(pattern="head", activation=INT8)])
     qvars = q.init(jax.random.key(1), x)
     assert int(qvars["quant_stats"]["head"]["dot_general0_lhs"]["count"]) == 0
     # count 0: the batch's own (dynamic) scale is used, as without the collection
@@ -164,7 +164,7 @@ def test_quant_stats_static_after_calibration(net):
     "fmt", [FloatFormat(exponent_bits=4, mantissa_bits=3, finite_only=True), BinaryFormat()]
 )
 def test_other_formats_run_and_resnet_rules_assign_first_last(fmt):
-    model = quantize(
+    model = quantize_model(
         models.create("resnet8", num_classes=3, width_multiplier=0.25), first_last_rules(INT8, fmt)
     )
     x = jnp.ones((1, 8, 8, 1))
@@ -178,7 +178,7 @@ def test_learned_scales_are_params_with_gradients(net):
     x, variables = net
     rule = QuantRule(pattern="head", weight=INT4, activation=IntFormat(8, signed=False),
                      learned_scale=True)  # fmt: skip
-    q = quantize(_Net(), [rule])
+    q = quantize_model(_Net(), [rule])
     qvars = jax.jit(q.init)(jax.random.key(1), x)
     head = qvars["params"]["head"]
     assert {"dot_general0_rhs_weight_scale", "dot_general0_lhs_act_clip"} <= set(head)
@@ -204,7 +204,7 @@ def test_activation_shaped_like_a_weight_is_an_activation(jit):
     x = jax.random.normal(jax.random.key(0), (n, n))
     variables = _Square().init(jax.random.key(1), x)
     rule = QuantRule(pattern="head", weight=INT4, activation=INT8)
-    q = quantize(_Square(), [rule])
+    q = quantize_model(_Square(), [rule])
     assert set(q.init(jax.random.key(1), x)["quant_stats"]["head"]) == {"dot_general0_lhs"}
     assert quantized_weights(q, x) == {"head:dot_general0": (("head", "kernel"), rule)}
 
@@ -231,7 +231,7 @@ class _ComputedKernel(nn.Module):
 def test_computed_kernel_is_a_weight():
     x = jax.random.normal(jax.random.key(0), (2, 5))
     rule = QuantRule(pattern=".*", weight=INT4, activation=INT8)
-    q = quantize(_ComputedKernel(), [rule])
+    q = quantize_model(_ComputedKernel(), [rule])
     qvars = q.init(jax.random.key(1), x)
     assert set(qvars["quant_stats"]) == {"dot0_lhs"}
     assert quantized_weights(q, x) == {":dot0": (None, rule)}  # computed: no parameter path

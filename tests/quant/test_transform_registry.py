@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import archjax.models as models
-from archjax.quant import IntFormat, QuantRule, layer_rules, quantize
+from archjax.quant import IntFormat, QuantRule, layer_rules, quantize_model
 
 W4A8 = [QuantRule(pattern=".*", weight=IntFormat(bits=4), activation=IntFormat(bits=8))]
 # One group per family class and block type (the smallest member of each).
@@ -83,7 +83,7 @@ def test_every_name_is_covered():
 
 @pytest.mark.parametrize("names", GROUPS, ids=lambda g: "+".join(g))
 def test_every_registered_model_quantized_w4a8(names):
-    model = quantize(_tiny(names[0]), W4A8)
+    model = quantize_model(_tiny(names[0]), W4A8)
     key = jax.random.key(0, impl="rbg")
     run = jax.jit(_run(model))
     variables, value, logits, grads = jax.eval_shape(run, key)

@@ -18,7 +18,7 @@ class _Mlp(nn.Module):
 
 def test_quantized_sparse_model_trains_and_costs_both():
     rules = [quant.QuantRule(pattern=".*", weight=quant.IntFormat(bits=4))]
-    qmodel = quant.quantize(_Mlp(), rules)
+    qmodel = quant.quantize_model(_Mlp(), rules)
     x = jax.random.normal(jax.random.key(0), (8, 16))
     variables = qmodel.init(jax.random.key(1), x)
     params = variables["params"]

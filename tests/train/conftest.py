@@ -36,6 +36,6 @@ def batch16():
 
 
 def init_state(model, tx, seed=0):
-    from archjax import train as T
+    from archjax.train import create_train_state
 
-    return T.create_train_state(model, tx, rng=jax.random.key(seed), input_shape=(1, 8, 8, 1))
+    return create_train_state(model, tx, rng=jax.random.key(seed), input_shape=(1, 8, 8, 1))

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from archjax import train as T
+from archjax.train import Recipe, accumulate_gradients, make_train_step
 from tests.train.conftest import init_state
 
 
@@ -15,8 +15,8 @@ def test_accumulated_step_equals_full_batch_step(tiny_mlp, batch16, k):
     tx = optax.adamw(1e-2, weight_decay=0.1)
     state = init_state(tiny_mlp, tx)
     recipe = dict(label_smoothing=0.1)
-    full = jax.jit(T.make_train_step(tiny_mlp, tx, recipe=T.Recipe(**recipe)))
-    accum = jax.jit(T.make_train_step(tiny_mlp, tx, recipe=T.Recipe(microbatches=k, **recipe)))
+    full = jax.jit(make_train_step(tiny_mlp, tx, recipe=Recipe(**recipe)))
+    accum = jax.jit(make_train_step(tiny_mlp, tx, recipe=Recipe(microbatches=k, **recipe)))
     s_full, m_full = full(state, batch16)
     s_acc, m_acc = accum(state, batch16)
     chex.assert_trees_all_close(s_acc.params, s_full.params, atol=1e-6, rtol=0)
@@ -38,7 +38,7 @@ def test_accumulate_gradients_without_jit(batch16):
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     key = jax.random.key(0)
     chex.assert_trees_all_close(
-        T.accumulate_gradients(grad_fn, 8)(w, batch16, key), grad_fn(w, batch16, key), atol=1e-6
+        accumulate_gradients(grad_fn, 8)(w, batch16, key), grad_fn(w, batch16, key), atol=1e-6
     )
     with pytest.raises(ValueError, match="cannot be split into 3 equal micro-batches"):
-        T.accumulate_gradients(grad_fn, 3)(w, batch16, key)
+        accumulate_gradients(grad_fn, 3)(w, batch16, key)

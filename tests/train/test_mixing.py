@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from archjax import train as T
+from archjax.train import cutmix, mix_batch, mixup, one_hot_targets
 
 LABELS = jnp.array([0, 1, 2, 3])
 
@@ -17,8 +17,8 @@ def _images():
 
 @pytest.mark.parametrize("use_jit", [False, True])
 def test_mixup_mixes_images_and_targets_alike(use_jit):
-    targets = T.one_hot_targets(LABELS, 4)
-    fn = jax.jit(T.mixup, static_argnames="alpha") if use_jit else T.mixup
+    targets = one_hot_targets(LABELS, 4)
+    fn = jax.jit(mixup, static_argnames="alpha") if use_jit else mixup
     x, y, lam = fn(jax.random.key(1), _images(), targets, alpha=0.4)
     lam = float(lam)
     assert 0.0 < lam < 1.0
@@ -29,9 +29,9 @@ def test_mixup_mixes_images_and_targets_alike(use_jit):
 
 
 def test_cutmix_targets_equal_pasted_area():
-    targets = T.one_hot_targets(LABELS, 4, label_smoothing=0.1)
+    targets = one_hot_targets(LABELS, 4, label_smoothing=0.1)
     for seed in range(5):
-        x, y, kept = T.cutmix(jax.random.key(seed), _images(), targets, alpha=1.0)
+        x, y, kept = cutmix(jax.random.key(seed), _images(), targets, alpha=1.0)
         for i in range(4):
             own = float(np.mean(np.asarray(x[i]) == i + 1))
             other = float(np.mean(np.asarray(x[i]) == 4 - i))
@@ -42,9 +42,9 @@ def test_cutmix_targets_equal_pasted_area():
 
 
 def test_mix_batch_off_is_identity_and_both_pick_one():
-    targets = T.one_hot_targets(LABELS, 4)
-    x, y = T.mix_batch(jax.random.key(0), _images(), targets)
+    targets = one_hot_targets(LABELS, 4)
+    x, y = mix_batch(jax.random.key(0), _images(), targets)
     np.testing.assert_array_equal(x, _images())
     np.testing.assert_array_equal(y, targets)
-    x, y = T.mix_batch(jax.random.key(0), _images(), targets, mixup_alpha=0.2, cutmix_alpha=1.0)
+    x, y = mix_batch(jax.random.key(0), _images(), targets, mixup_alpha=0.2, cutmix_alpha=1.0)
     np.testing.assert_allclose(np.sum(y, axis=1), 1.0, rtol=1e-6)

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from archjax import models
-from archjax import train as T
+from archjax.train import Recipe, create_train_state, get_policy, make_train_step
 
 
 def _eqns(jaxpr):
@@ -20,13 +20,13 @@ def _eqns(jaxpr):
 
 
 def test_bf16_policy_dtypes_in_jitted_step():
-    policy = T.get_policy("bf16")
+    policy = get_policy("bf16")
     model = models.create(
         "resnet8", num_classes=10, width_multiplier=0.25, dtype=policy.compute_dtype
     )
     tx = optax.sgd(0.1, momentum=0.9)
-    state = T.create_train_state(model, tx, rng=jax.random.key(0), input_shape=(1, 8, 8, 1))
-    step = jax.jit(T.make_train_step(model, tx, recipe=T.Recipe(precision="bf16")))
+    state = create_train_state(model, tx, rng=jax.random.key(0), input_shape=(1, 8, 8, 1))
+    step = jax.jit(make_train_step(model, tx, recipe=Recipe(precision="bf16")))
     batch = {"image": jnp.ones((4, 8, 8, 1)), "label": jnp.arange(4)}
     jaxpr = jax.make_jaxpr(step)(state, batch)
     convs = [e for e in _eqns(jaxpr.jaxpr) if e.primitive.name == "conv_general_dilated"]
@@ -43,4 +43,4 @@ def test_bf16_policy_dtypes_in_jitted_step():
 
 def test_unknown_policy_lists_choices():
     with pytest.raises(ValueError, match=r"Unknown precision 'fp16'.*Choices: bf16, fp32"):
-        T.get_policy("fp16")
+        get_policy("fp16")

@@ -8,14 +8,21 @@ import optax
 import pytest
 
 from archjax import models
-from archjax import train as T
+from archjax.train import (
+    Recipe,
+    accuracy,
+    create_train_state,
+    cross_entropy,
+    make_recipe_train_step,
+    make_train_step,
+)
 
 
 @pytest.fixture(scope="module")
 def resnet():
     model = models.create("resnet8", num_classes=10, width_multiplier=0.25)
     tx = optax.sgd(0.1, momentum=0.9)
-    state = T.create_train_state(model, tx, rng=jax.random.key(0), input_shape=(1, 8, 8, 1))
+    state = create_train_state(model, tx, rng=jax.random.key(0), input_shape=(1, 8, 8, 1))
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.normal(size=(8, 8, 8, 1)).astype(np.float32),
@@ -38,7 +45,7 @@ def _plain_step(model, tx, label_smoothing):
                 mutable=["batch_stats"],
                 rngs={"dropout": rng},
             )
-            loss = T.cross_entropy(logits, batch["label"], label_smoothing=label_smoothing)
+            loss = cross_entropy(logits, batch["label"], label_smoothing=label_smoothing)
             return loss, (logits, updates)
 
         (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -51,7 +58,7 @@ def _plain_step(model, tx, label_smoothing):
         )
         metrics = {
             "loss": loss,
-            "accuracy": T.accuracy(logits, batch["label"]),
+            "accuracy": accuracy(logits, batch["label"]),
             "grad_norm": optax.tree.norm(grads),
         }
         return new_state, metrics
@@ -62,18 +69,18 @@ def _plain_step(model, tx, label_smoothing):
 def test_default_recipe_is_the_plain_step(resnet):
     model, tx, state, batch = resnet
     plain = jax.jit(_plain_step(model, tx, label_smoothing=0.1))(state, batch)
-    step = T.make_train_step(model, tx, recipe=T.Recipe(label_smoothing=0.1))
+    step = make_train_step(model, tx, recipe=Recipe(label_smoothing=0.1))
     chex.assert_trees_all_close(jax.jit(step)(state, batch), plain, atol=1e-6, rtol=1e-6)
 
 
 def test_deprecated_spellings_warn_and_build_the_same_step(resnet):
     model, tx, state, batch = resnet
-    recipe = T.Recipe(label_smoothing=0.1)
-    want = str(jax.make_jaxpr(T.make_train_step(model, tx, recipe=recipe))(state, batch))
+    recipe = Recipe(label_smoothing=0.1)
+    want = str(jax.make_jaxpr(make_train_step(model, tx, recipe=recipe))(state, batch))
     with pytest.warns(DeprecationWarning, match="make_recipe_train_step is deprecated"):
-        alias = T.make_recipe_train_step(model, tx, recipe)
+        alias = make_recipe_train_step(model, tx, recipe)
     with pytest.warns(DeprecationWarning, match=r"label_smoothing=\.\.\.\) is deprecated"):
-        keyword = T.make_train_step(model, tx, label_smoothing=0.1)
+        keyword = make_train_step(model, tx, label_smoothing=0.1)
     for step in (alias, keyword):
         assert str(jax.make_jaxpr(step)(state, batch)) == want
 
@@ -81,7 +88,7 @@ def test_deprecated_spellings_warn_and_build_the_same_step(resnet):
 def test_bn_model_with_microbatches_and_mixing(resnet):
     """BatchNorm + accumulation: runs; running stats are the mean of the micro-batch updates."""
     model, tx, state, batch = resnet
-    step = jax.jit(T.make_train_step(model, tx, recipe=T.Recipe(microbatches=2, mixup_alpha=0.2)))
+    step = jax.jit(make_train_step(model, tx, recipe=Recipe(microbatches=2, mixup_alpha=0.2)))
     new, metrics = step(state, batch)
     assert np.isfinite(metrics["loss"]) and int(new.step) == 1
     chex.assert_trees_all_equal_shapes(new.batch_stats, state.batch_stats)
@@ -89,11 +96,11 @@ def test_bn_model_with_microbatches_and_mixing(resnet):
 
 def test_recipe_rejects_bad_values():
     with pytest.raises(ValueError, match="Recipe.microbatches must be >= 1"):
-        T.Recipe(microbatches=0)
+        Recipe(microbatches=0)
     with pytest.raises(ValueError, match="Unknown precision"):
-        T.Recipe(precision="int8")
+        Recipe(precision="int8")
 
 
 def test_step_needs_a_classifier_with_num_classes():
     with pytest.raises(ValueError, match="int num_classes field.*Dense has num_classes=None"):
-        T.make_train_step(nn.Dense(10), optax.sgd(0.1))
+        make_train_step(nn.Dense(10), optax.sgd(0.1))

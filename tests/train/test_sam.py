@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from archjax import train as T
+from archjax.train import Recipe, make_train_step, sam_gradients
 from tests.train.conftest import init_state
 
 A = jnp.array([[3.0, 0.5, 0.0], [0.5, 2.0, 0.1], [0.0, 0.1, 1.0]])
@@ -24,7 +24,7 @@ def test_sam_gradient_is_gradient_at_ascent_point():
     w = {"w": jnp.array([1.0, -2.0, 0.5])}
     batch = {"x": jnp.zeros((4, 3))}
     rho = 0.1
-    grad_fn = T.sam_gradients(jax.value_and_grad(_quadratic, has_aux=True), rho=rho)
+    grad_fn = sam_gradients(jax.value_and_grad(_quadratic, has_aux=True), rho=rho)
     for fn in (grad_fn, jax.jit(grad_fn)):
         (loss, aux), g = fn(w, batch, jax.random.key(0))
         g0 = A @ w["w"]
@@ -37,7 +37,7 @@ def test_m_sharpness_groups_perturb_separately():
     w = {"w": jnp.array([1.0, -2.0, 0.5])}
     x = jnp.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [3.0, -1.0, 0.0], [2.0, 2.0, -2.0]])
     rho = 0.3
-    grad_fn = T.sam_gradients(jax.value_and_grad(_quadratic, has_aux=True), rho=rho, num_groups=2)
+    grad_fn = sam_gradients(jax.value_and_grad(_quadratic, has_aux=True), rho=rho, num_groups=2)
     _, g = jax.jit(grad_fn)(w, {"x": x}, jax.random.key(0))
     want = []
     for group in (x[:2], x[2:]):
@@ -49,7 +49,7 @@ def test_m_sharpness_groups_perturb_separately():
 def test_sam_train_step_updates_with_sam_gradient(tiny_mlp, batch16):
     tx = optax.sgd(0.1)
     state = init_state(tiny_mlp, tx)
-    step = jax.jit(T.make_train_step(tiny_mlp, tx, recipe=T.Recipe(sam_rho=0.05)))
+    step = jax.jit(make_train_step(tiny_mlp, tx, recipe=Recipe(sam_rho=0.05)))
     new, metrics = step(state, batch16)
 
     def loss(params):

@@ -9,7 +9,16 @@ import pytest
 
 import archjax.models as models
 from archjax import parallel
-from archjax import train as T
+from archjax.train import (
+    Recipe,
+    accuracy,
+    create_train_state,
+    cross_entropy,
+    jit_eval_step,
+    jit_train_step,
+    make_eval_step,
+    make_train_step,
+)
 
 INPUT = (1, 8, 8, 1)
 
@@ -27,10 +36,8 @@ def _batches(n, batch_size=16, seed=0):
 
 def _run(num_devices, batches, model, tx):
     mesh = parallel.make_mesh(num_devices)
-    state = T.create_train_state(model, tx, rng=jax.random.key(0), input_shape=INPUT, mesh=mesh)
-    step = T.jit_train_step(
-        T.make_train_step(model, tx, recipe=T.Recipe(label_smoothing=0.1)), mesh=mesh
-    )
+    state = create_train_state(model, tx, rng=jax.random.key(0), input_shape=INPUT, mesh=mesh)
+    step = jit_train_step(make_train_step(model, tx, recipe=Recipe(label_smoothing=0.1)), mesh=mesh)
     losses = []
     for batch in batches:
         state, metrics = step(state, parallel.shard_batch(batch, mesh))
@@ -60,8 +67,8 @@ def tiny():
     model = models.create("resnet8", num_classes=10, width_multiplier=0.25)
     tx = optax.adam(1e-2)
     mesh = parallel.make_mesh()
-    step = T.jit_train_step(T.make_train_step(model, tx), mesh=mesh)
-    created = T.create_train_state(model, tx, rng=jax.random.key(0), input_shape=INPUT, mesh=mesh)
+    step = jit_train_step(make_train_step(model, tx), mesh=mesh)
+    created = create_train_state(model, tx, rng=jax.random.key(0), input_shape=INPUT, mesh=mesh)
     host, sharding = jax.device_get(created), jax.tree.map(lambda x: x.sharding, created)
     # A fresh copy per test (the step donates its input) without compiling init again.
     new_state = lambda: jax.device_put(host, sharding)
@@ -86,7 +93,7 @@ def test_sharded_state_and_batch_placement(tiny):
 def test_eval_step_masks_padding(tiny):
     model, mesh, new_state, _ = tiny
     state = new_state()
-    eval_step = T.jit_eval_step(T.make_eval_step(model), mesh=mesh)
+    eval_step = jit_eval_step(make_eval_step(model), mesh=mesh)
     batch = _batches(1)[0]
     full = jax.device_get(eval_step(state, parallel.shard_batch(batch, mesh)))
     mask = np.array([1.0] * 10 + [0.0] * 6, np.float32)
@@ -98,7 +105,7 @@ def test_eval_step_masks_padding(tiny):
     )
     np.testing.assert_allclose(
         half["loss_sum"] / 10,
-        T.cross_entropy(logits, batch["label"][:10]),
+        cross_entropy(logits, batch["label"][:10]),
         rtol=1e-5,
     )
 
@@ -110,11 +117,11 @@ def test_cross_entropy_label_smoothing_matches_definition():
     targets = (1 - eps) * jax.nn.one_hot(labels, 3) + eps / 3
     expected = -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits), -1))
     np.testing.assert_allclose(
-        T.cross_entropy(logits, labels, label_smoothing=eps), expected, rtol=1e-6
+        cross_entropy(logits, labels, label_smoothing=eps), expected, rtol=1e-6
     )
-    np.testing.assert_allclose(T.accuracy(logits, labels), 0.5)
+    np.testing.assert_allclose(accuracy(logits, labels), 0.5)
     with pytest.raises(ValueError, match="label_smoothing"):
-        T.cross_entropy(logits, labels, label_smoothing=1.0)
+        cross_entropy(logits, labels, label_smoothing=1.0)
 
 
 def test_train_step_reduces_loss_on_fixed_batch(tiny):
