@@ -33,6 +33,9 @@ DEFAULT_CONFIG = os.path.join(_HERE, "configs", "default.py")
 FREE_FORM = ("dataset_kwargs", "model_kwargs")
 _POSITIVE_INTS = ("batch_size", "num_steps", "log_every", "eval_every", "eval_batch_size",
                   "checkpoint_every", "keep_checkpoints", "image_size")  # fmt: skip
+_NON_NEGATIVE = ("sam_rho", "mixup_alpha", "cutmix_alpha", "agc_clipping", "ema_decay",
+                 "momentum", "weight_decay", "warmup_steps", "random_crop_pad",
+                 "keep_best_checkpoints")  # fmt: skip
 
 
 def load_config(spec: str = DEFAULT_CONFIG) -> ml_collections.ConfigDict:
@@ -346,11 +349,12 @@ def _check_recipe(config: ml_collections.ConfigDict) -> None:
         value = config[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"config.{key} must be a positive integer, got {value!r}.")
-    for key in ("sam_rho", "mixup_alpha", "cutmix_alpha", "agc_clipping", "ema_decay"):
-        if config[key] < 0:
+    for key in _NON_NEGATIVE:
+        if not config[key] >= 0:  # also refuses nan
             raise ValueError(f"config.{key} must be >= 0 (0 = off), got {config[key]}.")
-    if config.ema_decay >= 1:
-        raise ValueError(f"config.ema_decay must be < 1, got {config.ema_decay}.")
+    for key in ("ema_decay", "label_smoothing", "drop_path_rate", "dropout_rate"):
+        if config[key] is not None and not 0 <= config[key] < 1:
+            raise ValueError(f"config.{key} must be < 1 (and >= 0), got {config[key]}.")
     if not 0 <= config.randaugment_magnitude <= 30 or config.randaugment_layers < 0:
         raise ValueError(
             "config.randaugment_layers must be >= 0 and config.randaugment_magnitude in "
