@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from archjax.data import eval_batches, get_dataset, train_iterator
+from archjax.data import check_dataset, eval_batches, get_dataset, train_iterator
 
 _SHAPE = (6, 5, 3)
 _SPLIT_SIZES = {"train": 24, "test": 10}
@@ -191,3 +191,14 @@ def test_unknown_tfds_name_is_one_line_with_suggestion():
         ValueError, match=r"^tfds:mnistt: TFDS has no dataset 'mnistt'\. Did you mean 'mnist'"
     ):
         get_dataset("tfds:mnistt", "train")
+
+
+def test_check_dataset_finds_what_get_dataset_would_refuse(tiny_dir, tmp_path):
+    check_dataset("tfds:archjax_tiny_images", "test", data_dir=tiny_dir, image_key="pixels")
+    with pytest.raises(ValueError, match="does not exist"):
+        check_dataset("tfds:archjax_tiny_images", "test", data_dir=str(tmp_path / "x"))
+    with pytest.raises(ValueError, match=r"no image feature 'image'"):
+        check_dataset("tfds:archjax_tiny_images", "test", data_dir=tiny_dir)
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['num_examples'\]"):
+        check_dataset("tfds:archjax_tiny_images", "test", data_dir=tiny_dir, num_examples=3)
+    check_dataset("shapes", "train", num_examples=10)  # in memory: nothing is built
