@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from archjax import data, models, optim
-from archjax.train import list_policies
+from archjax.train import get_policy, list_policies
 
 _HERE = os.path.dirname(__file__)
 DEFAULT_CONFIG = os.path.join(_HERE, "configs", "default.py")
@@ -32,6 +33,9 @@ DEFAULT_CONFIG = os.path.join(_HERE, "configs", "default.py")
 FREE_FORM = ("dataset_kwargs", "model_kwargs")
 _POSITIVE_INTS = ("batch_size", "num_steps", "log_every", "eval_every", "eval_batch_size",
                   "checkpoint_every", "keep_checkpoints", "image_size")  # fmt: skip
+_NON_NEGATIVE = ("sam_rho", "mixup_alpha", "cutmix_alpha", "agc_clipping", "ema_decay",
+                 "momentum", "weight_decay", "warmup_steps", "random_crop_pad",
+                 "keep_best_checkpoints")  # fmt: skip
 
 
 def load_config(spec: str = DEFAULT_CONFIG) -> ml_collections.ConfigDict:
@@ -79,13 +83,9 @@ def check_keys(
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ``ValueError`` naming the first unknown key or impossible value."""
     check_keys(config, load_config(DEFAULT_CONFIG))
-    if config.model not in models.list_models():
-        raise ValueError(
-            f"Unknown model {config.model!r} (config.model). "
-            f"Registered models: {', '.join(models.list_models())}."
-        )
-    known = config.dataset in data.list_datasets() or config.dataset.startswith("tfds:")
-    if not isinstance(config.dataset, str) or not known:
+    if not isinstance(config.dataset, str) or not (
+        config.dataset in data.list_datasets() or config.dataset.startswith("tfds:")
+    ):
         raise ValueError(
             f"Unknown dataset {config.dataset!r} (config.dataset). "
             f"Choices: {', '.join(data.list_datasets())}."
@@ -100,8 +100,57 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value = config[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"config.{key} must be a positive integer, got {value!r}.")
-    if config.learning_rate <= 0:
-        raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate}.")
+    if not 0 < config.learning_rate < math.inf:  # also refuses nan
+        raise ValueError(
+            f"config.learning_rate must be > 0 and finite, got {config.learning_rate}."
+        )
+    _check_model(config)
+    _check_data(config)
+
+
+def _check_model(config: ml_collections.ConfigDict) -> None:
+    """``models.create`` names an unknown model (with the nearest names) or knob."""
+    try:
+        models.create(config.model, **model_kwargs(config))
+    except ValueError as e:
+        key = "model" if config.model not in models.list_models() else "model_kwargs"
+        raise ValueError(f"config.{key}: {e}") from None
+
+
+def _check_data(config: ml_collections.ConfigDict) -> None:
+    """The dataset's options, and for TFDS its files, as ``data.check_dataset`` sees them."""
+    for split in ("train", "test"):
+        try:
+            data.check_dataset(
+                config.dataset,
+                split,
+                image_size=config.image_size,
+                data_dir=config.data_dir,
+                **config.dataset_kwargs.to_dict(),
+            )
+        except TypeError as e:
+            raise ValueError(f"config.dataset_kwargs: {e}") from None
+        except ValueError as e:
+            raise ValueError(f"config.dataset / config.data_dir: {e}") from None
+
+
+def model_kwargs(
+    config: ml_collections.ConfigDict, num_classes: int | None = None
+) -> dict[str, object]:
+    """Knobs for ``models.create``: ``model_kwargs`` plus precision and regularization rates.
+
+    Args:
+      config: the experiment config.
+      num_classes: the dataset's number of classes (None: the model's default).
+    """
+    kw = {} if num_classes is None else {"num_classes": num_classes}
+    kw.update(config.model_kwargs.to_dict())
+    if config.precision != "fp32":
+        kw["dtype"] = get_policy(config.precision).compute_dtype
+    for key in ("drop_path_rate", "dropout_rate"):
+        if config[key] is not None:
+            kw[key] = config[key]
+    return kw
 
 
 def _comparable(config: ml_collections.ConfigDict, ignore: Sequence[str]) -> dict:
@@ -300,11 +349,12 @@ def _check_recipe(config: ml_collections.ConfigDict) -> None:
         value = config[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"config.{key} must be a positive integer, got {value!r}.")
-    for key in ("sam_rho", "mixup_alpha", "cutmix_alpha", "agc_clipping", "ema_decay"):
-        if config[key] < 0:
+    for key in _NON_NEGATIVE:
+        if not config[key] >= 0:  # also refuses nan
             raise ValueError(f"config.{key} must be >= 0 (0 = off), got {config[key]}.")
-    if config.ema_decay >= 1:
-        raise ValueError(f"config.ema_decay must be < 1, got {config.ema_decay}.")
+    for key in ("ema_decay", "label_smoothing", "drop_path_rate", "dropout_rate"):
+        if config[key] is not None and not 0 <= config[key] < 1:
+            raise ValueError(f"config.{key} must be < 1 (and >= 0), got {config[key]}.")
     if not 0 <= config.randaugment_magnitude <= 30 or config.randaugment_layers < 0:
         raise ValueError(
             "config.randaugment_layers must be >= 0 and config.randaugment_magnitude in "

@@ -41,7 +41,6 @@ from archjax.train import (
     TrainState,
     abstract_train_state,
     create_train_state,
-    get_policy,
     jit_eval_step,
     jit_train_step,
     make_eval_step,
@@ -128,15 +127,8 @@ def datasets(config: ml_collections.ConfigDict) -> tuple[data.Dataset, data.Data
     return train_ds, test_ds
 
 
-def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
-    """Knobs for ``models.create``: ``model_kwargs`` plus precision and regularization rates."""
-    kw = {"num_classes": num_classes, **config.model_kwargs.to_dict()}
-    if config.precision != "fp32":
-        kw["dtype"] = get_policy(config.precision).compute_dtype
-    for key in ("drop_path_rate", "dropout_rate"):
-        if config[key] is not None:
-            kw[key] = config[key]
-    return kw
+# Knobs for ``models.create`` (defined next to ``validate``, which checks them).
+model_kwargs = config_utils.model_kwargs
 
 
 # One dispatch per step for the running sums of the train metrics.
@@ -213,12 +205,13 @@ def train_and_evaluate(
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh)
     is_main = parallel.is_main_process()
+    # Everything the config names is built before the workdir is written.
+    train_ds, test_ds = datasets(config)
+    model = models.create(config.model, **model_kwargs(config, train_ds.num_classes))
     claim_directory(workdir)  # never a non-empty directory that is not archjax's
     os.makedirs(workdir, exist_ok=True)
     config_utils.check_or_write(config, workdir, resumable_keys=RESUMABLE_KEYS)
 
-    train_ds, test_ds = datasets(config)
-    model = models.create(config.model, **model_kwargs(config, train_ds.num_classes))
     if wrap_model is not None:
         model = wrap_model(model)
     tx = create_optimizer(config)

@@ -3,10 +3,11 @@
 from archjax.data.base import Dataset
 from archjax.data.pipeline import eval_batches, train_iterator
 from archjax.data.randaugment import rand_augment, rand_augment_normalized
-from archjax.data.registry import get_dataset, list_datasets
+from archjax.data.registry import check_dataset, get_dataset, list_datasets
 
 __all__ = [
     "Dataset",
+    "check_dataset",
     "eval_batches",
     "get_dataset",
     "list_datasets",

@@ -85,3 +85,32 @@ def get_dataset(
     loader = _loader(name)
     _check_kwargs(name, loader, kwargs)
     return loader(split, image_size=image_size, data_dir=data_dir, **kwargs)
+
+
+def check_dataset(
+    name: str,
+    split: str,
+    *,
+    image_size: int | None = None,
+    data_dir: str | None = None,
+    **kwargs,
+) -> None:
+    """Raises what `get_dataset` would raise about the name, options and missing files.
+
+    Cheap enough to run before anything is written: a TFDS dataset is opened (TFDS reads
+    only its metadata until an example is asked for); an in-memory dataset is not built.
+
+    Args:
+      name, split, image_size, data_dir, **kwargs: as for `get_dataset`.
+
+    Raises:
+      ValueError: unknown name, or a TFDS dataset, split or feature that is not there.
+      TypeError: an option that this dataset does not take.
+
+    Example:
+      >>> check_dataset("shapes", "train", num_examples=100)
+    """
+    loader = _loader(name)
+    _check_kwargs(name, loader, kwargs)
+    if name.startswith(_TFDS_PREFIX):
+        loader(split, image_size=image_size, data_dir=data_dir, **kwargs)

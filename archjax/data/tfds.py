@@ -3,10 +3,16 @@
 The dataset must already be prepared in `data_dir` in the `array_record` file format (for
 example `tfds build mnist --file_format=array_record --data_dir=...`); reading needs neither
 TensorFlow nor the network. Pass `download=True` to let TFDS download and prepare it.
+A dataset that is not there is one `ValueError` line that names the directory looked in and
+the command that prepares it (TFDS's own errors for it are long and misleading).
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import logging
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -77,6 +83,49 @@ def _feature(name: str, features, key: str, role: str):
     return features[key]
 
 
+class _MissingMetadataFilter(logging.Filter):
+    """Drops TFDS's warning about a missing dataset_info.json: _not_prepared says it better."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "has no dataset_info.json" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_missing_metadata():
+    """Filters that one warning from the ``absl`` logger (TFDS logs through it) while open."""
+    logger, quiet = logging.getLogger("absl"), _MissingMetadataFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def _not_prepared(tfds, tfds_name: str, data_dir: str | None) -> str:
+    """One line saying why `tfds_name` cannot be read from `data_dir` and how to prepare it."""
+    with _quiet_missing_metadata():
+        builder = tfds.builder(tfds_name, data_dir=data_dir)
+        prepared = builder.is_prepared()
+    root = builder.data_dir_root
+    if prepared:
+        problem = (
+            f"is prepared in {root} as {builder.info.file_format.value}, which has no random access"
+        )
+    elif data_dir is None:
+        problem = f"is not prepared in TFDS's default data_dir {root} (no data_dir given)"
+    elif not os.path.isdir(data_dir):
+        problem = f"is not prepared: data_dir {data_dir} does not exist"
+    else:
+        problem = (
+            f"is not prepared in data_dir {data_dir} (no {builder.data_dir}/dataset_info.json)"
+        )
+    return (
+        f"tfds:{tfds_name} {problem}. Prepare it on a machine with network access with "
+        f"`tfds build {tfds_name} --file_format=array_record --data_dir={root}` and copy that "
+        "directory here (point data_dir at it), or pass download=True to let TFDS do it."
+    )
+
+
 def load_tfds(
     tfds_name: str,
     split: str,
@@ -105,6 +154,10 @@ def load_tfds(
 
     Returns:
       The split as a `Dataset` named "tfds:<tfds_name>".
+
+    Raises:
+      ValueError: an unknown TFDS name, a dataset not prepared (for random access) in
+        `data_dir`, an unknown split or feature key, or a bad option value.
     """
     import tensorflow_datasets as tfds  # Imported lazily: only this path needs TFDS.
 
@@ -112,14 +165,18 @@ def load_tfds(
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise ValueError(f"{name}: image_size must be a positive integer, got {image_size!r}.")
     try:
-        source = tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=download)
-    except NotImplementedError as error:
-        # TFDS reports a dataset missing from data_dir as an unsupported (TFRecord) format.
-        error.add_note(
-            f"archjax: is {tfds_name!r} prepared in {data_dir or 'the default data_dir'} with "
-            "file_format='array_record'? Or pass download=True."
+        with _quiet_missing_metadata():
+            source = tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=download)
+    except tfds.core.registered.DatasetNotFoundError:
+        close = difflib.get_close_matches(
+            tfds_name, tfds.list_builders(with_community_datasets=False), n=3
         )
-        raise
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"{name}: TFDS has no dataset {tfds_name!r}.{hint}") from None
+    except (KeyError, NotImplementedError):
+        # TFDS says "splits is empty" (KeyError) for a dataset missing from its default
+        # data_dir, and "already prepared ... in TFRECORD format" for one missing elsewhere.
+        raise ValueError(_not_prepared(tfds, tfds_name, data_dir)) from None
     features = source.dataset_info.features
     label = _feature(name, features, label_key, "label")
     if getattr(label, "num_classes", None) is None:

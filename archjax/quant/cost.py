@@ -32,7 +32,7 @@ class LayerCost:
     path: str  # "/"-joined Flax module path, e.g. "stage1_block1/conv1"
     kind: str  # "conv", "dense" (activation x weight) or "matmul" (activation x activation)
     params: int  # elements of the weight operand (0 for "matmul")
-    macs: int  # multiply-accumulates for the traced input shape
+    macs: int  # shape MACs: output elements x kh*kw*cin/groups, zero-padding taps included
     weight_bits: int  # bits per weight (for "matmul": bits of the second activation)
     activation_bits: int  # bits per input activation
 
@@ -56,7 +56,7 @@ class CostReport:
 
     @property
     def macs(self) -> int:
-        """Total multiply-accumulates."""
+        """Total shape MACs (padding taps included; see :func:`report`)."""
         return sum(layer.macs for layer in self.layers)
 
     @property
@@ -75,7 +75,7 @@ class CostReport:
         return sum(layer.bytes for layer in self.layers) + self.other_params * FLOAT_BITS / 8
 
     def __str__(self) -> str:
-        header = f"{'layer':<44} {'kind':<6} {'params':>10} {'MACs':>14} {'w':>3} {'a':>3} "
+        header = f"{'layer':<44} {'kind':<6} {'params':>10} {'shape MACs':>14} {'w':>3} {'a':>3} "
         header += f"{'bytes':>12} {'BOPs':>18}"
         lines = [header, "-" * len(header)]
         for r in self.layers:
@@ -103,7 +103,9 @@ def report(model: nn.Module, rules: Sequence[QuantRule], input_shape: Sequence[i
     :func:`archjax.quant.intercept.find_layers` finds (the ops the transform
     quantizes: convolutions, ``dot_general``, two-operand ``einsum``, ``dot`` and
     ``matmul`` run by a Flax module) is a row: MACs from the op's shapes (a conv
-    output element costs ``kh * kw * cin / groups`` MACs), weight bits and
+    output element costs ``kh * kw * cin / groups`` MACs, taps on zero padding
+    included: the *shape* count of papers, unlike the *executed* count of
+    :func:`archjax.models.model_stats`, which skips padding), weight bits and
     activation bits from the first rule that matches its layer path (32 when no
     rule matches or a rule leaves that side in float), and ``BOPs = MACs *
     weight_bits * activation_bits``, the bit-operation count of Pareto-optimal

@@ -77,7 +77,10 @@ def cli() -> None:
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
         logging.set_verbosity(logging.WARNING)
-        results = train_and_evaluate(config_utils.checked_config(config_flag), workdir_flag.value)
+        config = config_utils.checked_config(
+            config_flag, lambda c: config_utils.validate(common.base_config(c))
+        )
+        results = train_and_evaluate(config, workdir_flag.value)
         print("| model | test accuracy |\n|---|---|")
         for k, v in results.items():
             print(f"| {k} | {v:.4f} |")

@@ -64,7 +64,9 @@ def cli() -> None:
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
         logging.set_verbosity(logging.WARNING)
-        config = config_utils.checked_config(config_flag)
+        config = config_utils.checked_config(
+            config_flag, lambda c: config_utils.validate(common.base_config(c))
+        )
         workdir = workdir_flag.value or os.path.join("runs", f"qat_{config.quant.scheme}")
         r = train_and_evaluate(config, workdir)
         print(

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from archjax.data import eval_batches, get_dataset, train_iterator
+from archjax.data import check_dataset, eval_batches, get_dataset, train_iterator
 
 _SHAPE = (6, 5, 3)
 _SPLIT_SIZES = {"train": 24, "test": 10}
@@ -170,7 +170,35 @@ def test_local_missing_key_lists_features(tiny_dir):
         _tiny("train", tiny_dir, label_key="index")
 
 
-def test_unprepared_dataset_says_how_to_prepare(tmp_path):
-    with pytest.raises(NotImplementedError) as error:
-        get_dataset("tfds:archjax_tiny_images", "train", data_dir=str(tmp_path))
-    assert "array_record" in "".join(error.value.__notes__)
+@pytest.mark.parametrize("where", ["default", "missing", "empty"])
+def test_unprepared_dataset_says_what_is_missing_and_how_to_prepare(tmp_path, where):
+    data_dir = {"default": None, "missing": str(tmp_path / "nowhere"), "empty": str(tmp_path)}
+    problem = {
+        "default": "is not prepared in TFDS's default data_dir",
+        "missing": f"data_dir {tmp_path / 'nowhere'} does not exist",
+        "empty": f"no {tmp_path}/archjax_tiny_images/1.0.0/dataset_info.json",
+    }
+    with pytest.raises(ValueError) as error:
+        get_dataset("tfds:archjax_tiny_images", "train", data_dir=data_dir[where])
+    message = str(error.value)
+    assert "\n" not in message and problem[where] in message, message
+    assert "tfds build archjax_tiny_images --file_format=array_record --data_dir=" in message
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_unknown_tfds_name_is_one_line_with_suggestion():
+    with pytest.raises(
+        ValueError, match=r"^tfds:mnistt: TFDS has no dataset 'mnistt'\. Did you mean 'mnist'"
+    ):
+        get_dataset("tfds:mnistt", "train")
+
+
+def test_check_dataset_finds_what_get_dataset_would_refuse(tiny_dir, tmp_path):
+    check_dataset("tfds:archjax_tiny_images", "test", data_dir=tiny_dir, image_key="pixels")
+    with pytest.raises(ValueError, match="does not exist"):
+        check_dataset("tfds:archjax_tiny_images", "test", data_dir=str(tmp_path / "x"))
+    with pytest.raises(ValueError, match=r"no image feature 'image'"):
+        check_dataset("tfds:archjax_tiny_images", "test", data_dir=tiny_dir)
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['num_examples'\]"):
+        check_dataset("tfds:archjax_tiny_images", "test", data_dir=tiny_dir, num_examples=3)
+    check_dataset("shapes", "train", num_examples=10)  # in memory: nothing is built

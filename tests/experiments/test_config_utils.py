@@ -56,7 +56,7 @@ def test_check_keys_is_recursive_except_free_form_dicts():
         (["--config.mesh.fsdpp=2"], "Unknown config key 'fsdpp' (under config.mesh). Did you mean"),
         (["--config.foo.bar=1"], "Unknown config key 'foo' in a --config.* flag."),
         (["--config=experiments/configs/default.py:num_steps=3"], "Bad config argument"),
-        (["--config.model=resnet21"], "Unknown model 'resnet21' (config.model)"),
+        (["--config.model=resnet21"], "config.model: Unknown model 'resnet21'. Did you mean"),
     ],
 )
 def test_cli_config_errors_are_one_line_with_status_2(tmp_path, args, message):

@@ -152,7 +152,10 @@ def test_cli_unknown_config_key_names_it(tmp_path):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (dict(model="resnet21"), r"Unknown model 'resnet21' \(config.model\).*resnet20"),
+        (
+            dict(model="resnet21"),
+            r"config.model: Unknown model 'resnet21'\. Did you mean .*'resnet20'",
+        ),
         (dict(dataset="digitz"), r"Unknown dataset 'digitz' \(config.dataset\).*digits.*shapes"),
         (dict(optimizer="adamm"), r"Unknown optimizer 'adamm'.*adamw, lamb, lars, novograd, sgd"),
         (dict(num_steps=0), r"config.num_steps must be a positive integer"),

@@ -1,11 +1,13 @@
 """Parameter and FLOP accounting: published numbers, conventions, every registered model."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import archjax.models as models
+from archjax import quant
 
 
 def test_resnet50_flops_match_published_4_1_gmacs():
@@ -60,3 +62,26 @@ def test_every_registered_model_has_stats(name):
     assert models.count_params(model, shape) == want > 0
     # At least the classifier's multiply-adds, counted as 2 FLOPs each.
     assert models.count_flops(model, shape) >= 2 * variables["params"]["head"]["kernel"].size
+
+
+class _OneConv(nn.Module):
+    padding: str
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        return nn.Conv(16, (3, 3), padding=self.padding, use_bias=False)(x)
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_executed_and_shape_macs_differ_by_the_padding_taps(padding):
+    """model_stats counts the multiply-adds XLA executes; quant.report counts every tap."""
+    h = w = 8
+    cin, cout = 4, 16
+    model = _OneConv(padding)
+    executed = models.model_stats(model, image_size=h, channels=cin)["macs"]
+    shape = quant.report(model, [], (1, h, w, cin)).macs
+    if padding == "VALID":  # no padding: one count
+        assert executed == shape == (h - 2) * (w - 2) * 9 * cin * cout
+    else:  # per axis, output i sees the taps i-1..i+1 that fall inside 0..h-1
+        assert shape == h * w * 9 * cin * cout
+        assert executed == (3 * h - 2) * (3 * w - 2) * cin * cout  # 484 of 576 taps
