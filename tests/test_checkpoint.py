@@ -239,3 +239,19 @@ def test_checkpoint_from_before_a_new_empty_field_restores(setup, tmp_path):
         restored, _ = ckpt.restore(_abstract(model, tx, mesh))
     assert isinstance(restored, TrainState) and restored.collections == {}
     chex.assert_trees_all_equal(restored, state)
+
+
+def test_corrupt_checkpoint_reason_is_the_innermost_cause_without_library_reprs():
+    from archjax.checkpoint.manager import _reason
+
+    try:
+        try:
+            raise OSError("OUT_OF_RANGE: read past end of file d/abc\nmore detail")
+        except OSError as inner:
+            raise ValueError(
+                "Error reading spec <bound method pybind11_detail_function_record.spec of x>"
+            ) from inner
+    except ValueError as outer:
+        reason = _reason(outer)
+    assert reason == "OSError: OUT_OF_RANGE: read past end of file d/abc"
+    assert "pybind11" not in _reason(ValueError("spec <bound method pybind11_x.spec of y>"))

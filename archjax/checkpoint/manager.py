@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -237,7 +238,7 @@ class Checkpointer:
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # orbax raises many types for unreadable files
-            raise CorruptCheckpointError(f"Could not read checkpoint {path}: {e}") from e
+            raise CorruptCheckpointError(f"Could not read checkpoint {path}: {_reason(e)}") from e
         state = complete(restored["state"])
         checks.check_checksums(path, state)
         return state, (restored["data"] if has["data"] else None)
@@ -266,3 +267,13 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost cause's first line, without the reprs of library internals (Orbax
+    formats a tensorstore spec method into its message: ``<bound method pybind11_...>``)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines()
+    line = re.sub(r"<bound method [^>]*>", "<spec>", lines[0] if lines else "")
+    return f"{type(error).__name__}: {line}"[:300]
