@@ -13,6 +13,21 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # 900-step runs hung without this, 0 of 4 with it). Notebook kernels and
 # subprocesses inherit it.
 os.environ.setdefault("PJRT_NPROC", "16")
+# One persistent compilation cache for this test session, shared by the pytest process,
+# every subprocess (main-job runs, study workers, multi-process runs) and notebook
+# kernels: the same tiny programs compile once instead of in each process and each test
+# that rebuilds a jitted function. A fresh directory per session, so a run never reads
+# programs cached by an earlier checkout; JAX keys entries on the program anyway.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache = tempfile.mkdtemp(prefix="archjax-tests-jax-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    # JAX stores only programs that took >= 1 s to compile by default; most here are faster.
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
 # The tiny but real main-job run that tests of experiments/ start from: digits at
 # 8 px, a quarter-width ResNet-8, one device. Tests override what they need, e.g.
