@@ -11,6 +11,7 @@ from archjax.data import Dataset, get_dataset, list_datasets
 def test_public_names():
     assert set(archjax.data.__all__) == {
         "Dataset",
+        "check_dataset",
         "eval_batches",
         "get_dataset",
         "list_datasets",
