@@ -35,10 +35,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from archjax import models, parallel
-from archjax.train import create_train_state, jit_train_step, make_train_step
+from archjax import models
+from benchmarks.models import _jax_runner
 
 _START = time.perf_counter()
 # torch device; "cpu" only to smoke-test this script (--smoke), never for numbers.
@@ -148,29 +147,10 @@ def check_correctness(name: str, size: int, num_classes: int = 1000) -> dict[str
 
 
 def jax_runner(name: str, size: int, batch: int, num_classes: int, **knobs):
-    model = _create(name, size, num_classes=num_classes, dtype=jnp.bfloat16, **knobs)
-    tx = optax.sgd(0.01, momentum=0.9)
-    mesh = parallel.make_mesh(1)
-    state = create_train_state(
-        model, tx, rng=jax.random.key(0), input_shape=(1, size, size, 3), mesh=mesh
-    )
-    step = jit_train_step(make_train_step(model, tx), mesh=mesh)
-    rng = np.random.default_rng(0)
-    data = parallel.shard_batch(
-        {
-            "image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
-            "label": rng.integers(0, num_classes, batch).astype(np.int32),
-        },
-        mesh,
-    )
-    box = [state]
-
-    def run(steps: int) -> None:
-        for _ in range(steps):
-            box[0], metrics = step(box[0], data)
-        jax.block_until_ready(metrics["loss"])
-
-    return run
+    """The bf16 archjax train step of :mod:`benchmarks.models` at ``size`` px."""
+    if name.startswith("vit"):
+        knobs["image_size"] = size
+    return _jax_runner(name, size, batch, num_classes, "bfloat16", **knobs)[0]
 
 
 def torch_runner(name: str, size: int, batch: int, num_classes: int, mode: str | None):

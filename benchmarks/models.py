@@ -89,8 +89,9 @@ def _forward_flops(name: str, size: int, num_classes: int) -> float:
         return models.count_flops(model, (1, size, size, 3))
 
 
-def _jax_runner(name: str, size: int, batch: int, num_classes: int, dtype: str):
-    model = models.create(name, num_classes=num_classes, dtype=jnp.dtype(dtype))
+def _jax_runner(name: str, size: int, batch: int, num_classes: int, dtype: str, **knobs):
+    """A closure that runs ``steps`` jitted SGD-momentum train steps on one fixed batch."""
+    model = models.create(name, num_classes=num_classes, dtype=jnp.dtype(dtype), **knobs)
     tx = optax.sgd(0.01, momentum=0.9)
     mesh = parallel.make_mesh(1)
     state = create_train_state(
