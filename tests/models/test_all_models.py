@@ -13,20 +13,8 @@ import numpy as np
 import pytest
 
 import archjax.models as models
-
-
-def _tiny(name):
-    return models.create(name, num_classes=5, **models.tiny_kwargs(name))
-
-
-def _distinct_tiny_networks():
-    groups = {}
-    for name in models.list_models():
-        groups.setdefault(repr(_tiny(name)), []).append(name)
-    return list(groups.values())
-
-
-GROUPS = _distinct_tiny_networks()
+from tests.registry_groups import GROUPS
+from tests.registry_groups import tiny as _tiny
 
 
 def test_every_name_is_covered():

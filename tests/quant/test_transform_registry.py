@@ -24,6 +24,8 @@ import pytest
 
 import archjax.models as models
 from archjax.quant import IntFormat, QuantRule, layer_rules, quantize_model
+from tests.registry_groups import GROUPS
+from tests.registry_groups import tiny as _tiny
 
 W4A8 = [QuantRule(pattern=".*", weight=IntFormat(bits=4), activation=IntFormat(bits=8))]
 # One group per family class and block type (the smallest member of each).
@@ -34,18 +36,6 @@ COMPILED = {
 ALL = os.environ.get("ARCHJAX_QUANT_ALL_MODELS", "1") != "0"
 
 
-def _tiny(name):
-    return models.create(name, num_classes=5, **models.tiny_kwargs(name))
-
-
-def _groups():
-    groups = {}
-    for name in models.list_models():
-        groups.setdefault(repr(_tiny(name)), []).append(name)
-    return list(groups.values())
-
-
-GROUPS = _groups()
 X = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
 
 

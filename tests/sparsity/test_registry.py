@@ -13,22 +13,10 @@ import numpy as np
 import optax
 import pytest
 
-import archjax.models as models
 import archjax.sparsity as sp
+from tests.registry_groups import GROUPS
+from tests.registry_groups import tiny as _tiny
 
-
-def _tiny(name):
-    return models.create(name, num_classes=5, **models.tiny_kwargs(name))
-
-
-def _groups():
-    groups = {}
-    for name in models.list_models():
-        groups.setdefault(repr(_tiny(name)), []).append(name)
-    return list(groups.values())
-
-
-GROUPS = _groups()
 X = jnp.zeros((2, 32, 32, 3))
 
 
