@@ -304,7 +304,9 @@ def train_and_evaluate(
                 n_sums += 1
                 bar.update(1)
                 is_last = step == config.num_steps
-                saving = bool(is_last or step % config.checkpoint_every == 0 or interrupt.signum)
+                # Read once: a signal that lands later in this step is handled after the next.
+                signum = interrupt.signum
+                saving = bool(is_last or step % config.checkpoint_every == 0 or signum)
                 if saving or step % config.log_every == 0:
                     # Checked before every save too, so no checkpoint holds a diverged state.
                     means = {k: float(v) / n_sums for k, v in jax.device_get(train_sums).items()}
@@ -338,10 +340,10 @@ def train_and_evaluate(
                     metrics={"test_accuracy": test["accuracy"]} if evaluated else None,
                     force=saving,
                 )
-                if interrupt.signum is not None:
+                if signum is not None:
                     interrupted = True
                     bar.write(
-                        f"Received {signal.Signals(interrupt.signum).name}: saved a checkpoint "
+                        f"Received {signal.Signals(signum).name}: saved a checkpoint "
                         f"at step {step}. Re-run the same command to resume."
                     )
                     break
