@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from archjax import compile_cache, data, models, optim, parallel
@@ -254,6 +253,10 @@ def train_and_evaluate(
         config_utils.truncate_metrics(metrics_path, after_step=step)
         # Event files next to metrics.jsonl with the same scalars; on resume, purge_step
         # hides the events past the checkpoint, as truncate_metrics drops their records.
+        # Imported here: tensorboardX imports torch when it is installed (seconds), which
+        # a config error or `--help` should not wait for.
+        from tensorboardX import SummaryWriter
+
         tensorboard = SummaryWriter(workdir, purge_step=None if resumed_from is None else step)
     lr_schedule = learning_rate_schedule(config)
     train_step = jit_train_step(
