@@ -3,14 +3,16 @@ learned scales (LSQ, PACT), the model transform, its cost model and the
 Hessian-aware mixed-precision search.
 
 ``quantize_model(model, rules)`` is the model transform (``quantize`` is its deprecated
-alias); ``quantize_codes`` / ``dequantize`` are the tensor-level ops.
+alias); ``quantize_codes`` / ``dequantize`` are the tensor-level ops. Likewise
+``calibrate_model`` fills a model's activation scales and ``calibrate_tensor`` gives one
+tensor's scale (``calibrate`` is its deprecated alias).
 
 Numerics (formats, calibration, numerics, learned, cost) and the transform
 (rules, transform, ptq, native, export) are separate modules; this file exports both.
 """
 
 # --- numerics ---
-from archjax.quant.calibration import CALIBRATION_METHODS, QParams, calibrate
+from archjax.quant.calibration import CALIBRATION_METHODS, QParams, calibrate, calibrate_tensor
 from archjax.quant.cost import CostReport, LayerCost, report
 from archjax.quant.formats import (
     MXFP4,
@@ -95,6 +97,7 @@ __all__ = [
     "QParams",
     "TernaryFormat",
     "calibrate",
+    "calibrate_tensor",
     "dequantize",
     "fake_quant",
     "lsq_fake_quant",

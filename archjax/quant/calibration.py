@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 
@@ -9,7 +11,7 @@ from archjax.quant import _groups
 from archjax.quant._format import _TINY, PER_TENSOR, Granularity, QParams
 from archjax.quant.numerics import _check_format
 
-__all__ = ["CALIBRATION_METHODS", "QParams", "calibrate"]
+__all__ = ["CALIBRATION_METHODS", "QParams", "calibrate", "calibrate_tensor"]
 
 Array = jax.Array
 
@@ -50,7 +52,7 @@ def _mse_search(r: Array, lo: Array, hi: Array, fmt) -> QParams:
     return fmt.qparams(lo * best_ratio, hi * best_ratio)
 
 
-def calibrate(
+def calibrate_tensor(
     x: Array,
     fmt,
     *,
@@ -85,7 +87,7 @@ def calibrate(
         ``QParams`` with scales > 0 shaped for ``granularity`` (see :class:`QParams`).
 
     Example:
-        >>> qp = calibrate(w, IntFormat(bits=4), granularity=PerChannel(axis=-1))
+        >>> qp = calibrate_tensor(w, IntFormat(bits=4), granularity=PerChannel(axis=-1))
     """
     _check_format(fmt)
     _groups.check_granularity(granularity)
@@ -119,3 +121,14 @@ def calibrate(
     qp = _mse_search(r, lo, hi, fmt) if search else fmt.qparams(lo, hi)
     zp = None if qp.zero_point is None else qp.zero_point.reshape(shape)
     return QParams(scale=qp.scale.reshape(shape), zero_point=zp)
+
+
+def calibrate(x: Array, fmt, **kwargs) -> QParams:
+    """Deprecated alias of :func:`calibrate_tensor` (kept for one release)."""
+    warnings.warn(
+        "archjax.quant.calibrate is deprecated; use archjax.quant.calibrate_tensor (a "
+        "tensor's scale). The model-level calibration is archjax.quant.calibrate_model.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return calibrate_tensor(x, fmt, **kwargs)

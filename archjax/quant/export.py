@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 from flax.core import unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from archjax.quant.calibration import QParams, calibrate
+from archjax.quant.calibration import QParams, calibrate_tensor
 from archjax.quant.numerics import dequantize, quantize_codes
 from archjax.quant.rules import match_rule
 from archjax.quant.transform import quant_rules, quantize_model, quantized_weights, unquantized
@@ -96,7 +96,7 @@ def export(model, variables: dict[str, Any], directory: str, *args, **kwargs) ->
             )
         w = flat.pop(ppath)
         fmt, gran = rule.weight, rule.weight_granularity
-        qp = calibrate(w, fmt, granularity=gran, method=rule.weight_calibration)
+        qp = calibrate_tensor(w, fmt, granularity=gran, method=rule.weight_calibration)
         codes = np.asarray(quantize_codes(w, fmt, qp, granularity=gran))
         key = _key(ppath)
         packed = _packable(fmt)

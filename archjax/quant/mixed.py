@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from archjax.analysis.hessian import TraceEstimate, module_path, param_paths
-from archjax.quant.calibration import calibrate
+from archjax.quant.calibration import calibrate_tensor
 from archjax.quant.formats import IntFormat
 from archjax.quant.numerics import fake_quant
 from archjax.quant.rules import QuantRule
@@ -85,9 +85,9 @@ def _format_quantizer(fmt: Any) -> Callable[[jax.Array], jax.Array]:
 
     def quantize(w: jax.Array) -> jax.Array:
         if w.ndim < 2:
-            return fake_quant(w, fmt, calibrate(w, fmt))
+            return fake_quant(w, fmt, calibrate_tensor(w, fmt))
         gran = fmt.weight_granularity
-        return fake_quant(w, fmt, calibrate(w, fmt, granularity=gran), granularity=gran)
+        return fake_quant(w, fmt, calibrate_tensor(w, fmt, granularity=gran), granularity=gran)
 
     return quantize
 

@@ -91,7 +91,7 @@ class MXFormat(Format):
     Example:
         >>> fmt = MXFormat("e2m1")                  # MXFP4, also MXFP4 in this module
         >>> gran = fmt.weight_granularity           # PerBlock(32, axis=-2)
-        >>> w_hat = fake_quant(w, fmt, calibrate(w, fmt, granularity=gran), granularity=gran)
+        >>> w_hat = fake_quant(w, fmt, calibrate_tensor(w, fmt, granularity=gran), granularity=gran)
     """
 
     element: str  # element type: "e4m3", "e5m2" (MXFP8), "e3m2", "e2m3" (MXFP6), "e2m1", "int8"

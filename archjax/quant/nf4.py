@@ -73,7 +73,7 @@ class NF4Format(Format):
     Example:
         >>> fmt = NF4Format()                      # block_size=64
         >>> gran = fmt.weight_granularity          # PerBlock(64, axis=-2)
-        >>> w_hat = fake_quant(w, fmt, calibrate(w, fmt, granularity=gran), granularity=gran)
+        >>> w_hat = fake_quant(w, fmt, calibrate_tensor(w, fmt, granularity=gran), granularity=gran)
     """
 
     block_size: int = 64  # elements per absmax scale (bitsandbytes' default blocksize)

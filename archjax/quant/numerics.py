@@ -133,7 +133,7 @@ def fake_quant(
         x: tensor to quantize (any float dtype; computed in float32).
         fmt: a :class:`~archjax.quant.formats.Format` (``IntFormat``, ``FloatFormat``,
             ``BinaryFormat``, ``TernaryFormat``, ``NF4Format``, ``MXFormat``).
-        qparams: scale (and zero point) from :func:`archjax.quant.calibrate`.
+        qparams: scale (and zero point) from :func:`archjax.quant.calibrate_tensor`.
         granularity: ``PerTensor()``, ``PerChannel(axis)`` or ``PerBlock(block_size, axis)``;
             must match the one used for calibration (NF4 / MX: ``PerBlock`` of their size).
         ste: one of ``STE_VARIANTS``.
@@ -143,7 +143,7 @@ def fake_quant(
 
     Example:
         >>> fmt = IntFormat(bits=4)
-        >>> y = fake_quant(x, fmt, calibrate(x, fmt))
+        >>> y = fake_quant(x, fmt, calibrate_tensor(x, fmt))
     """
     _check_ste(ste)
     xg, scale, zp, axes = _prepare(x, fmt, qparams, granularity)
@@ -159,7 +159,7 @@ def quantize_codes(
     Args:
         x: tensor to quantize.
         fmt: the format.
-        qparams: scale (and zero point) from :func:`archjax.quant.calibrate`.
+        qparams: scale (and zero point) from :func:`archjax.quant.calibrate_tensor`.
         granularity: as for :func:`fake_quant`.
 
     Returns:

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from archjax.quant.calibration import QParams, calibrate
+from archjax.quant.calibration import QParams, calibrate_tensor
 from archjax.quant.intercept import WEIGHT, Op, find_layers, intercept
 from archjax.quant.learned import lsq_fake_quant, pact
 from archjax.quant.numerics import fake_quant
@@ -72,10 +72,12 @@ def _quant_weight(x, rule: QuantRule, scope, name: str):
     fmt, gran = rule.weight, rule.weight_granularity
     xs = jax.lax.stop_gradient(x)
     if rule.learned_scale:  # LSQ (Esser et al., 2020): the scale is a parameter
-        init = lambda _: calibrate(xs, fmt, granularity=gran, method=rule.weight_calibration).scale
+        init = lambda _: (
+            calibrate_tensor(xs, fmt, granularity=gran, method=rule.weight_calibration).scale
+        )
         scale = scope.param(f"{name}_weight_scale", init)
         return lsq_fake_quant(x, scale, fmt)
-    qp = calibrate(xs, fmt, granularity=gran, method=rule.weight_calibration)
+    qp = calibrate_tensor(xs, fmt, granularity=gran, method=rule.weight_calibration)
     return fake_quant(x, fmt, qp, granularity=gran, ste=rule.ste)
 
 
@@ -116,7 +118,7 @@ def _quant_activation(x, rule: QuantRule, scope, name: str, momentum: float, ini
         init = lambda _: jnp.where(amax > 0, amax, 6.0)  # an all-zero init batch: ReLU6's clip
         alpha = scope.param(f"{name}_act_clip", init)
         return pact(x, alpha, fmt)
-    dyn = calibrate(xs, fmt, granularity=gran, method=rule.activation_calibration)
+    dyn = calibrate_tensor(xs, fmt, granularity=gran, method=rule.activation_calibration)
     qp = _running(scope, name, dyn, momentum, initializing)
     return fake_quant(x, fmt, qp, granularity=gran, ste=rule.ste)
 

@@ -17,8 +17,8 @@ from archjax.quant import (
     IntFormat,
     NF4Format,
     QuantRule,
-    calibrate,
     calibrate_model,
+    calibrate_tensor,
     fake_quant,
     first_last_rules,
     quantize_model,
@@ -94,7 +94,7 @@ def test_block_formats_through_rules_and_export(tmp_path, fmt, packed):
     params = variables["params"]
 
     def by_hand(k):
-        qp = calibrate(k, fmt, granularity=fmt.weight_granularity)
+        qp = calibrate_tensor(k, fmt, granularity=fmt.weight_granularity)
         return fake_quant(k, fmt, qp, granularity=fmt.weight_granularity)
 
     h = jax.nn.relu(x @ by_hand(params["Dense_0"]["kernel"]) + params["Dense_0"]["bias"])

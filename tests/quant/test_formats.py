@@ -19,7 +19,7 @@ from archjax.quant import (
     PerChannel,
     QParams,
     TernaryFormat,
-    calibrate,
+    calibrate_tensor,
     dequantize,
     fake_quant,
     quantize_codes,
@@ -233,7 +233,7 @@ def test_16_bit_formats(fmt, dtype, smallest, jitted_fake_quant):
     tiny = np.array([1e-40, -1e-39], np.float32)  # float32 subnormals: flushed, never NaN
     np.testing.assert_array_equal(np.asarray(jitted_fake_quant(jnp.asarray(tiny), fmt)), 0.0)
     with pytest.raises(ValueError, match="granularity='rows' is not allowed"):
-        calibrate(x, TernaryFormat(), granularity="rows")
+        calibrate_tensor(x, TernaryFormat(), granularity="rows")
 
 
 EVERY_FORMAT = [
@@ -255,7 +255,7 @@ def test_every_format_round_trips_through_its_codes(fmt):
     assert isinstance(fmt, Format)
     x = jax.random.normal(jax.random.key(0), (64, 5)) * jnp.arange(1, 6)
     gran = PerBlock(32, axis=0)  # every format accepts blocks of 32 along an axis
-    qp = calibrate(x, fmt, granularity=gran)
+    qp = calibrate_tensor(x, fmt, granularity=gran)
     y = fake_quant(x, fmt, qp, granularity=gran)
     codes = quantize_codes(x, fmt, qp, granularity=gran)
     assert codes.dtype == fmt.code_dtype and codes.shape == x.shape

@@ -16,7 +16,7 @@ from archjax.quant import (
     FloatFormat,
     IntFormat,
     NF4Format,
-    calibrate,
+    calibrate_tensor,
     fake_quant,
     match_rule,
     mixed,
@@ -174,7 +174,7 @@ def test_block_formats_are_candidates():
     for fmt in (NF4Format(), MXFP4):
         cand = mixed.as_candidate(fmt)
         gran = fmt.weight_granularity
-        want = fake_quant(w, fmt, calibrate(w, fmt, granularity=gran), granularity=gran)
+        want = fake_quant(w, fmt, calibrate_tensor(w, fmt, granularity=gran), granularity=gran)
         assert (cand.bits, cand.name) == (fmt.bits, fmt.name)
         np.testing.assert_array_equal(cand.quantize(w), want)
 

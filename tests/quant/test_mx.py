@@ -20,7 +20,7 @@ from archjax.quant import (
     PerBlock,
     PerChannel,
     QParams,
-    calibrate,
+    calibrate_tensor,
     dequantize,
     fake_quant,
     quantize_codes,
@@ -202,7 +202,7 @@ def tiny_blocks(elem: str) -> np.ndarray:
 
 _run = jax.jit(
     lambda x, fmt: (
-        (qp := calibrate(x, fmt, granularity=GRAN)).scale,
+        (qp := calibrate_tensor(x, fmt, granularity=GRAN)).scale,
         quantize_codes(x, fmt, qp, granularity=GRAN),
         fake_quant(x, fmt, qp, granularity=GRAN),
         dequantize(quantize_codes(x, fmt, qp, granularity=GRAN), fmt, qp, granularity=GRAN),
@@ -305,7 +305,7 @@ def test_names_bits_and_validation():
         MXFormat("e2m1", block_size=0)
     x = jnp.ones((4, 64))
     with pytest.raises(ValueError, match=r"mxfp4_e2m1 shares one scale per 32 elements"):
-        calibrate(x, MXFP4, granularity=PerChannel(-1))
+        calibrate_tensor(x, MXFP4, granularity=PerChannel(-1))
     with pytest.raises(ValueError, match=r"use PerBlock\(block_size=32"):
         fake_quant(x, MXFP4, QParams(scale=jnp.ones((4, 4))), granularity=PerBlock(16))
 
@@ -315,7 +315,7 @@ def test_names_bits_and_validation():
 def test_mx_gradients(fmt, ste):
     x = jax.random.normal(jax.random.key(0), (64, 8)) * 3
     gran = fmt.weight_granularity
-    qp = calibrate(x, fmt, granularity=gran)
+    qp = calibrate_tensor(x, fmt, granularity=gran)
     g = jax.grad(lambda v: jnp.sum(fake_quant(v, fmt, qp, granularity=gran, ste=ste)))(x)
     assert g.shape == x.shape and np.isfinite(np.asarray(g)).all()
     lo, hi = fmt.range(jnp.repeat(qp.scale, 32, axis=0), None)

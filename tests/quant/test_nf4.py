@@ -11,7 +11,7 @@ from archjax.quant import (
     PerBlock,
     PerChannel,
     QParams,
-    calibrate,
+    calibrate_tensor,
     dequantize,
     fake_quant,
     quantize_codes,
@@ -130,7 +130,7 @@ def nf4_values(seed: int = 0) -> np.ndarray:
 
 _run = jax.jit(
     lambda x: (
-        (qp := calibrate(x, FMT, granularity=GRAN)).scale,
+        (qp := calibrate_tensor(x, FMT, granularity=GRAN)).scale,
         quantize_codes(x, FMT, qp, granularity=GRAN),
         fake_quant(x, FMT, qp, granularity=GRAN),
         dequantize(quantize_codes(x, FMT, qp, granularity=GRAN), FMT, qp, granularity=GRAN),
@@ -178,12 +178,12 @@ def test_nf4_granularity_name_and_gradients():
     assert FMT.weight_granularity == PerBlock(64, axis=-2)
     w = jax.random.normal(jax.random.key(0), (128, 4))
     with pytest.raises(ValueError, match=r"nf4 shares one scale per 64 elements"):
-        calibrate(w, FMT, granularity=PerChannel(-1))
+        calibrate_tensor(w, FMT, granularity=PerChannel(-1))
     with pytest.raises(ValueError, match="NF4Format.block_size=0"):
         NF4Format(block_size=0)
     small = NF4Format(block_size=32)
     gran = PerBlock(32, axis=0)
-    qp = calibrate(w, small, granularity=gran)
+    qp = calibrate_tensor(w, small, granularity=gran)
     assert qp.scale.shape == (4, 4)
     for ste in ("identity", "clipped", "reste"):
         g = jax.grad(lambda v, s=ste: jnp.sum(fake_quant(v, small, qp, granularity=gran, ste=s)))(w)
@@ -192,7 +192,7 @@ def test_nf4_granularity_name_and_gradients():
             assert 0.5 < float(jnp.mean(g)) < 2.0
     # MSE and percentile calibration pick a clipped absmax (scale <= absmax).
     for method in ("mse", "percentile"):
-        s = calibrate(w, small, granularity=gran, method=method).scale
+        s = calibrate_tensor(w, small, granularity=gran, method=method).scale
         assert (np.asarray(s) <= np.asarray(qp.scale) * (1 + 1e-6)).all()
 
 

@@ -15,7 +15,7 @@ from archjax.quant import (
     PerTensor,
     QParams,
     TernaryFormat,
-    calibrate,
+    calibrate_tensor,
     dequantize,
     fake_quant,
     quantize_codes,
@@ -85,7 +85,7 @@ _CASES = [(f, g, True) for f in INT_FORMATS for g in GRANULARITIES] + [
     ids=[f"{f.name}-{g}-{'jit' if j else 'eager'}" for f, g, j in _CASES],
 )
 def test_int_invariants(fmt, granularity, use_jit, x):
-    qp = calibrate(x, fmt, granularity=granularity)
+    qp = calibrate_tensor(x, fmt, granularity=granularity)
     wide = 1.5 * x  # some elements fall outside the representable range
 
     def run(v):
@@ -131,21 +131,21 @@ def test_int_invariants(fmt, granularity, use_jit, x):
 @pytest.mark.parametrize("fmt", [f for f in INT_FORMATS if f.bits <= 8], ids=_ids(INT_FORMATS[:-1]))
 def test_every_level_is_reached_and_no_more(fmt, variant):
     x = jnp.linspace(-5.0, 5.0, 4097)
-    qp = calibrate(x, fmt)
+    qp = calibrate_tensor(x, fmt)
     y = variant(lambda v: fake_quant(v, fmt, qp))(x * 1.2)
     assert np.unique(np.asarray(y)).size == fmt.qmax - fmt.qmin + 1  # 2**k (2**k - 1 narrow)
 
 
 def test_binary_is_xnor_and_ternary_is_twn(x, variant):
     w = np.asarray(x)
-    qp = calibrate(x, BinaryFormat(), granularity=PerChannel(-1))
+    qp = calibrate_tensor(x, BinaryFormat(), granularity=PerChannel(-1))
     alpha = np.abs(w).mean(0)  # XNOR-Net: per-filter mean |w|
     np.testing.assert_allclose(np.asarray(qp.scale).reshape(-1), alpha, rtol=1e-6)
     y = variant(lambda v: fake_quant(v, BinaryFormat(), qp, granularity=PerChannel(-1)))(x)
     np.testing.assert_allclose(y, np.where(w >= 0, 1, -1) * alpha, rtol=1e-6)
 
     t = TernaryFormat(threshold=0.7)
-    qp = calibrate(x, t)
+    qp = calibrate_tensor(x, t)
     delta = 0.7 * np.abs(w).mean()
     mask = np.abs(w) > delta
     np.testing.assert_allclose(float(qp.scale), np.abs(w)[mask].mean(), rtol=1e-6)
@@ -184,7 +184,7 @@ def test_dtype_shape_and_no_qparam_gradient():
 
     @jax.jit
     def run(x):
-        qp = calibrate(x, IntFormat(8))
+        qp = calibrate_tensor(x, IntFormat(8))
         loss = lambda s: jnp.sum(fake_quant(x, IntFormat(8), QParams(scale=s)))
         return fake_quant(x, IntFormat(8), qp), jax.grad(loss)(qp.scale)
 

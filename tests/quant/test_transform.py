@@ -17,7 +17,7 @@ from archjax.quant import (
     IntFormat,
     PerChannel,
     QuantRule,
-    calibrate,
+    calibrate_tensor,
     fake_quant,
     first_last_rules,
     is_quantized,
@@ -107,7 +107,9 @@ def test_dense_and_std_conv_use_fake_quantized_kernels(net, jit):
         k, eps=1e-6, gain=p["conv"]["gain"], scale=np.prod(k.shape[:-1]) ** -0.5
     )
     gran = PerChannel(-1)
-    fq = lambda w: fake_quant(w, INT4, calibrate(w, INT4, granularity=gran), granularity=gran)
+    fq = lambda w: fake_quant(
+        w, INT4, calibrate_tensor(w, INT4, granularity=gran), granularity=gran
+    )
     h = (
         jax.lax.conv_general_dilated(
             x, fq(w_conv), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
@@ -212,9 +214,9 @@ def test_activation_shaped_like_a_weight_is_an_activation(jit):
     got = apply(variables, x)
     p = variables["params"]["head"]
     w_gran = PerChannel(-1)
-    w = fake_quant(p["kernel"], INT4, calibrate(p["kernel"], INT4, granularity=w_gran),
+    w = fake_quant(p["kernel"], INT4, calibrate_tensor(p["kernel"], INT4, granularity=w_gran),
                    granularity=w_gran)  # fmt: skip
-    a = fake_quant(x, INT8, calibrate(x, INT8))  # per tensor, the batch's own scale
+    a = fake_quant(x, INT8, calibrate_tensor(x, INT8))  # per tensor, the batch's own scale
     chex.assert_trees_all_close(got, a @ w + p["bias"], atol=1e-5, rtol=1e-5)
 
 

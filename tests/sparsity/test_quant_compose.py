@@ -40,7 +40,9 @@ def test_quantized_sparse_model_trains_and_costs_both():
         assert (np.asarray(p)[~np.asarray(m)] == 0).all()
     # The symmetric 4-bit grid has an exact zero, so the quantized model is as sparse.
     k = params["hidden"]["kernel"]
-    q = quant.fake_quant(k, quant.IntFormat(bits=4), quant.calibrate(k, quant.IntFormat(bits=4)))
+    q = quant.fake_quant(
+        k, quant.IntFormat(bits=4), quant.calibrate_tensor(k, quant.IntFormat(bits=4))
+    )
     assert (np.asarray(q)[~np.asarray(mask["hidden"]["kernel"])] == 0).all()
 
     # Cost: bits per value from the quantization rules (module path = leaf path minus name).
