@@ -7,6 +7,7 @@ Subpackages: :mod:`archjax.models` (model families and the name registry),
 :mod:`archjax.parallel` (meshes, sharding rules, multi-process), :mod:`archjax.quant`
 (quantization formats, the model transform, PTQ, cost model, mixed precision),
 :mod:`archjax.sparsity` (pruning masks, masked training, low-rank, LoRA),
+:mod:`archjax.nas` (zero-cost proxies),
 :mod:`archjax.analysis` (Hessian tools), :mod:`archjax.checkpoint` (Orbax),
 :mod:`archjax.compile_cache` (JAX's persistent compilation cache) and
 :mod:`archjax.studies` (the study engine).
@@ -23,6 +24,7 @@ __all__ = [
     "data",
     "layers",
     "models",
+    "nas",
     "optim",
     "parallel",
     "quant",
