@@ -72,6 +72,11 @@ class ResNet(nn.Module):
         :func:`archjax.layers.norm_layer` ("batch", "group", "layer", "none", ...).
       num_classes: size of the classifier output.
       residual: ``False`` removes every shortcut (the "plain" baseline).
+      stage_widths: explicit width of each stage (``width_multiplier`` still applies),
+        instead of ``base_width * 2**i``; the "cifar"/"imagenet" stem then has the
+        first stage's width. The children of :mod:`archjax.nas` supernets use it.
+      kernel_sizes: kernel size of the convolutions of each stage's basic blocks
+        (default 3 everywhere; odd sizes).
       dtype: computation dtype; parameters are kept in float32.
     """
 
@@ -90,6 +95,8 @@ class ResNet(nn.Module):
     norm: str = "batch"
     num_classes: int = 1000
     residual: bool = True
+    stage_widths: Sequence[int] | None = None
+    kernel_sizes: Sequence[int] | None = None
     dtype: Any = jnp.float32
 
     def _check(self, x) -> None:
@@ -106,6 +113,18 @@ class ResNet(nn.Module):
         for field in ("se_ratio", "drop_path_rate"):
             if not 0.0 <= getattr(self, field) < 1.0:
                 raise ValueError(f"{field} must be in [0, 1), got {getattr(self, field)}.")
+        for field in ("stage_widths", "kernel_sizes"):
+            value = getattr(self, field)
+            if value is not None and len(value) != len(self.stage_sizes):
+                raise ValueError(
+                    f"{field} has {len(value)} entries for {len(self.stage_sizes)} stages."
+                )
+        if self.kernel_sizes is not None and (
+            self.block != "basic" or any(k < 1 or k % 2 == 0 for k in self.kernel_sizes)
+        ):
+            raise ValueError(
+                f"kernel_sizes {tuple(self.kernel_sizes)} need basic blocks and odd sizes."
+            )
         if x.ndim != 4:
             raise ValueError(f"ResNet expects NHWC images, got shape {x.shape}.")
 
@@ -114,6 +133,11 @@ class ResNet(nn.Module):
         """Returns logits ``[batch, num_classes]`` (float32) for images ``[batch, H, W, C]``."""
         self._check(x)
         width = lambda w: max(1, int(round(w * self.width_multiplier)))
+        stage_width = lambda i: (
+            width(self.base_width * 2**i)
+            if self.stage_widths is None
+            else width(self.stage_widths[i])
+        )
         conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
         norm = functools.partial(norm_layer, self.norm, train=train, dtype=self.dtype)
         x = x.astype(self.dtype)
@@ -126,9 +150,9 @@ class ResNet(nn.Module):
                 x = nn.relu(norm(name=f"stem_bn{i + 1}")(x))
             x = conv(widths[2], (3, 3), padding=1, name="stem_conv3")(x)
         elif self.stem == "imagenet":
-            x = conv(width(self.base_width), (7, 7), strides=2, padding=3, name="stem_conv")(x)
+            x = conv(stage_width(0), (7, 7), strides=2, padding=3, name="stem_conv")(x)
         else:
-            x = conv(width(self.base_width), (3, 3), padding=1, name="stem_conv")(x)
+            x = conv(stage_width(0), (3, 3), padding=1, name="stem_conv")(x)
         x = nn.relu(norm(name="stem_bn")(x))
         if self.stem != "cifar" and self.stem_pool == "max":
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -138,8 +162,10 @@ class ResNet(nn.Module):
 
         total, index = sum(self.stage_sizes), 0
         for i, num_blocks in enumerate(self.stage_sizes):
-            features = width(self.base_width * 2**i)
+            features = stage_width(i)
             extra = {}
+            if self.kernel_sizes is not None:
+                extra = dict(kernel_size=self.kernel_sizes[i])
             if self.block == "bottleneck":
                 inner = int(features * self.bottleneck_multiplier)
                 extra = dict(stride_in_1x1=self.stride_in_1x1, inner_features=inner)

@@ -70,13 +70,17 @@ class _Block(nn.Module):
 
 
 class BasicBlock(_Block):
-    """Two 3x3 convolutions; the block of ResNet-18/34 and the CIFAR ResNets."""
+    """Two 3x3 (``kernel_size``) convolutions; the block of ResNet-18/34 and the CIFAR
+    ResNets."""
+
+    kernel_size: int = 3
 
     @nn.compact
     def __call__(self, x, *, train: bool):
-        y = self._conv(self.features, 3, "conv1", strides=self.strides)(x)
+        k = self.kernel_size
+        y = self._conv(self.features, k, "conv1", strides=self.strides)(x)
         y = nn.relu(self._norm(train, "bn1")(y))
-        y = self._norm(train, "bn2")(self._conv(self.features, 3, "conv2")(y))
+        y = self._norm(train, "bn2")(self._conv(self.features, k, "conv2")(y))
         return self._finish(x, y, train)
 
 

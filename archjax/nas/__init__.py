@@ -1,7 +1,11 @@
-"""Architecture search: zero-cost proxies (supernets and search are issue 17's next parts).
+"""Architecture search: a weight-sharing ResNet supernet, its sandwich-rule training, and
+zero-cost proxies.
 
-:mod:`archjax.nas.proxies` scores an untrained network from one batch (grad-norm, SNIP,
-SynFlow, NASWOT, SWAP); each proxy is a plain function ``(model, variables, batch)``.
+:mod:`archjax.nas.supernet` runs any child of a :class:`ResNetSpace` (elastic depth,
+width, kernel size, resolution) in one compiled program and :func:`extract` slices a
+child out as a standalone registered ResNet; :mod:`archjax.nas.sandwich` trains the
+supernet (BigNAS); :mod:`archjax.nas.proxies` scores an untrained network from one
+batch (grad-norm, SNIP, SynFlow, NASWOT, SWAP).
 """
 
 from archjax.nas.proxies import (
@@ -14,9 +18,18 @@ from archjax.nas.proxies import (
     swap,
     synflow,
 )
+from archjax.nas.sandwich import make_sandwich_step, recalibrate, sample_encoding
+from archjax.nas.supernet import Arch, ResNetSpace, SuperResNet, extract
 
 __all__ = [
     "PROXIES",
+    "Arch",
+    "ResNetSpace",
+    "SuperResNet",
+    "extract",
+    "make_sandwich_step",
+    "recalibrate",
+    "sample_encoding",
     "activation_codes",
     "grad_norm",
     "naswot",

@@ -81,7 +81,7 @@ def test_grad_norm_and_snip_match_a_hand_written_gradient():
     norm = np.sqrt(sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(g)))
     sal = sum(
         float(jnp.sum(jnp.abs(w * d)))
-        for w, d in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(g))
+        for w, d in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(g), strict=True)
     )
     assert nas.grad_norm(model, variables, batch) == pytest.approx(norm, rel=1e-5)
     assert nas.snip(model, variables, batch) == pytest.approx(sal, rel=1e-5)
