@@ -72,9 +72,11 @@ def test_every_registered_model_prunes_and_trains_a_step(names):
     # Random fill instead of the real initializers: compiling those would double the cost.
     rng = np.random.default_rng(0)
     state = jax.tree.map(
-        lambda s: jnp.asarray(0.1 * rng.standard_normal(s.shape), s.dtype)
-        if jnp.issubdtype(s.dtype, jnp.floating)
-        else jnp.zeros(s.shape, s.dtype),
+        lambda s: (
+            jnp.asarray(0.1 * rng.standard_normal(s.shape), s.dtype)
+            if jnp.issubdtype(s.dtype, jnp.floating)
+            else jnp.zeros(s.shape, s.dtype)
+        ),
         abstract,
     )
     state = state.replace(
