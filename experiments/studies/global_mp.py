@@ -20,7 +20,7 @@ from __future__ import annotations
 from archjax import studies
 from experiments.studies import common, sparse_common
 
-STEPS, QUICK_STEPS = 300, 8
+STEPS, QUICK_STEPS = 100, 8
 ONE_SHOT = ("magnitude", "layer_magnitude", "snip", "random")
 GRADUAL = ("magnitude", "layer_magnitude")
 LABELS = {"magnitude": "global MP", "layer_magnitude": "layer-wise MP", "snip": "SNIP",
@@ -104,7 +104,7 @@ def define(quick: bool = False) -> studies.Study:
     if quick:  # one gradual and two one-shot criteria: every path of the full study
         grid = configs(steps, [0.8], [0], one_shot=("magnitude", "snip"), gradual=("magnitude",))
     else:
-        grid = configs(steps, [0.5, 0.8, 0.9, 0.95], [0])
+        grid = configs(steps, [0.8, 0.95], [0])
     return studies.Study(
         name="global_mp" + ("_quick" if quick else ""),
         configs=grid,

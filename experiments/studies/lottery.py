@@ -21,7 +21,7 @@ import os
 from archjax import sparsity, studies
 from experiments.studies import common, sparse_common
 
-STEPS, QUICK_STEPS = 300, 6
+STEPS, QUICK_STEPS = 100, 6
 
 
 def imp_chain(config, trial):
@@ -115,7 +115,7 @@ def define(quick: bool = False) -> studies.Study:
         configs = [
             {"sparsity.rewind_step": k, "controls": k > 0, "seed": seed}
             for k in (0, round(0.03 * steps))
-            for seed in (0, 1)
+            for seed in (0,)
         ]
     return studies.Study(
         name="lottery" + ("_quick" if quick else ""),

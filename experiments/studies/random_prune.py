@@ -19,7 +19,7 @@ import numpy as np
 from archjax import studies
 from experiments.studies import common, sparse_common
 
-STEPS, QUICK_STEPS = 300, 6
+STEPS, QUICK_STEPS = 100, 6
 
 
 def _series(rows):
@@ -69,7 +69,7 @@ def plot(rows, curves, outdir):
 def define(quick: bool = False) -> studies.Study:
     steps = QUICK_STEPS if quick else STEPS
     widths, targets, seeds = (
-        ([0.25, 0.5], [0.0, 0.9], [0]) if quick else ([0.25, 0.5, 1.0], [0.0, 0.8, 0.95], [0, 1])
+        ([0.25, 0.5], [0.0, 0.9], [0]) if quick else ([0.25, 0.5, 1.0], [0.0, 0.9], [0, 1])
     )
     configs = [
         {"model_kwargs.width_multiplier": w, "sparsity.method": "random" if t else "none",
