@@ -68,7 +68,7 @@ def _series(rows):
     series = {}
     for k in sorted({r["sparsity.rewind_step"] for r in done}):
         mine = [r for r in done if r["sparsity.rewind_step"] == k]
-        rounds = mine[0]["rounds"]
+        rounds = sum(key.startswith("imp_accuracy_") for key in mine[0])
         for kind in ("imp", "reinit"):
             if f"{kind}_accuracy_1" not in mine[0]:
                 continue
