@@ -18,6 +18,11 @@ def test_global_mp_quick_pipeline(tmp_path, capsys, monkeypatch):
     assert main(["fit", STUDY, "--quick", *workdir]) == 0
     with open(tmp_path / "fit.json") as f:
         result = json.load(f)
-    assert result
+    assert set(result) >= {
+        "global MP @ 0.8",
+        "SNIP @ 0.8",
+        "global MP, gradual @ 0.8",
+        "best @ 0.8",
+    }
     assert main(["plot", STUDY, "--quick", *workdir]) == 0
     assert os.path.getsize(tmp_path / "plots" / "global_mp.png") > 0
