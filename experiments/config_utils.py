@@ -25,6 +25,7 @@ from ml_collections import config_flags
 
 from archjax import data, models, optim
 from archjax.train import get_policy, list_policies
+from experiments import pruning
 
 _HERE = os.path.dirname(__file__)
 DEFAULT_CONFIG = os.path.join(_HERE, "configs", "default.py")
@@ -106,6 +107,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     _check_model(config)
     _check_data(config)
+    pruning.check_config(config)
 
 
 def _check_model(config: ml_collections.ConfigDict) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 from absl import app, flags, logging
 from tqdm import tqdm
 
-from archjax import compile_cache, data, models, optim, parallel
+from archjax import compile_cache, data, models, optim, parallel, sparsity
 from archjax.checkpoint import Checkpointer, claim_directory
 from archjax.train import (
     Recipe,
@@ -45,7 +45,7 @@ from archjax.train import (
     make_eval_step,
     make_train_step,
 )
-from experiments import config_utils
+from experiments import config_utils, pruning
 from experiments.plotting import plot_curves
 
 # Keys that may change between a run and its resumption; any other change would
@@ -72,8 +72,11 @@ def _schedule_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def create_optimizer(config: ml_collections.ConfigDict):
-    """The optax optimizer that ``config`` names, with its schedule and recipe pieces."""
-    return optim.create_optimizer(
+    """The optax optimizer that ``config`` names, with its schedule and recipe pieces.
+
+    With ``config.sparsity`` on, it keeps the mask (in its state) and pruned weights at 0.
+    """
+    tx = optim.create_optimizer(
         config.optimizer,
         num_steps=config.num_steps,
         **_schedule_kwargs(config),
@@ -87,6 +90,7 @@ def create_optimizer(config: ml_collections.ConfigDict):
         ema_decay=config.ema_decay,
         ema_warmup=config.ema_warmup,
     )
+    return pruning.wrap_optimizer(config, tx)
 
 
 def create_recipe(config: ml_collections.ConfigDict, ds: data.Dataset) -> Recipe:
@@ -135,8 +139,10 @@ add_metrics = jax.jit(functools.partial(jax.tree.map, jnp.add))
 
 
 def eval_view(state: TrainState) -> TrainState:
-    """The state to evaluate: with the parameter EMA if the optimizer keeps one."""
+    """The state to evaluate: with the parameter EMA if the optimizer keeps one (masked)."""
     ema = optim.find_ema_params(state.opt_state)
+    if ema is not None and (mask := pruning.mask_of(state)) is not None:
+        ema = sparsity.apply_mask(ema, mask)  # the average of pruned weights decays, not 0
     return state if ema is None else state.replace(params=ema)
 
 
@@ -238,6 +244,17 @@ def train_and_evaluate(
         state = create_train_state(
             model, tx, rng=jax.random.key(config.seed), input_shape=input_shape, mesh=mesh
         )
+        if config.sparsity.imp_from is not None:  # an IMP round: prune and rewind first
+            state, data_state = pruning.start_round(
+                config,
+                model,
+                state,
+                optimizer_for=create_optimizer,
+                input_shape=input_shape,
+                mesh=mesh,
+            )
+            if data_state is not None:
+                train_iter.set_state(data_state)
     else:  # the latest good checkpoint; a corrupt one is reported and set aside
         target = abstract_train_state(model, tx, input_shape=input_shape, mesh=mesh)
         state, data_state = ckpt.restore(target)
@@ -265,6 +282,7 @@ def train_and_evaluate(
         state=state,  # keeps the FSDP / tensor-parallel layout from step to step
     )
     eval_step = jit_eval_step(make_eval_step(model, precision=config.precision), mesh=mesh)
+    sparse = pruning.LoopHooks(config, model, workdir, mesh=mesh, state=state)
 
     def log(record: dict) -> None:
         if is_main:
@@ -299,7 +317,8 @@ def train_and_evaluate(
         with _Interrupt() as interrupt:
             train_sums, n_sums, t_log = None, 0, time.time()
             while step < config.num_steps:
-                state, metrics = train_step(state, next(train_iter))
+                state, batch = sparse.before_step(state, step, train_iter)  # may prune
+                state, metrics = train_step(state, batch)
                 step += 1
                 # Summed on the devices and fetched only at log time: a host read here would
                 # wait for every step and stall the asynchronous dispatch.
@@ -352,6 +371,7 @@ def train_and_evaluate(
                     break
     finally:  # also on errors (NaN loss): pending saves finish, files close
         train_iter.close()  # stops the prefetch thread
+        sparse.close()
         bar.close()
         ckpt.close()
         if tensorboard is not None:

@@ -19,6 +19,8 @@ def leaves_by_path(tree: Any) -> dict[str, Any]:
 
 def _leaf_checksum(x: jax.Array) -> jax.Array:
     """A position-sensitive uint32 hash of a leaf's bits; exact, so sharding-independent."""
+    if x.dtype == jnp.bool_:  # masks (archjax.sparsity): bitcast refuses bool
+        x = x.astype(jnp.uint8)
     if x.dtype.itemsize == 4:
         bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
     elif x.dtype.itemsize in (1, 2):

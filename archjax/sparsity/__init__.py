@@ -6,7 +6,7 @@ pure functions ``params[, grads] -> mask``; :func:`keep_masked` keeps pruned wei
 at exactly zero through any optax optimizer. Nothing here knows a model.
 """
 
-from archjax.sparsity.cost import SparseCost, sparse_cost
+from archjax.sparsity.cost import SparseCost, sparse_bops, sparse_cost
 from archjax.sparsity.criteria import (
     apply_mask,
     global_magnitude,
@@ -49,6 +49,7 @@ __all__ = [
     "rounds_for",
     "set_mask",
     "snip",
+    "sparse_bops",
     "sparse_cost",
     "sparsity_of",
 ]

@@ -10,6 +10,11 @@ Formats, per leaf whose mask prunes something (others are stored dense):
 
 Bits per value come from ``bits`` (an int, or ``path -> int`` to combine with a
 quantization policy); leaves not pruned cost ``numel * bits``.
+
+:func:`sparse_bops` scales each layer of a quantization cost report
+(:func:`archjax.quant.report`: MACs x weight bits x activation bits) by the kept
+fraction of its kernel: the bit operations of a sparse, quantized model when zero
+weights are skipped.
 """
 
 from __future__ import annotations
@@ -75,3 +80,27 @@ def sparse_cost(
         else:
             sparse += nz * (b + max(1, math.ceil(math.log2(m))))
     return SparseCost(params=total, nonzero=kept, dense_bits=dense, sparse_bits=sparse)
+
+
+def sparse_bops(report, mask) -> float:
+    """Bit operations of ``report``'s layers with each one's MACs scaled by its density.
+
+    Args:
+      report: a cost report whose ``layers`` have ``path`` (module path), ``bops`` and
+        ``kind`` (:func:`archjax.quant.report`, which counts the quantization bits).
+      mask: a bool per weight beside the model's ``params``; a layer's density is the
+        kept fraction of ``<path>/kernel`` (1 for layers without one, e.g. attention's
+        activation x activation products).
+
+    Returns:
+      ``sum(layer.bops * density)``; with every mask True it is ``report.bops``.
+
+    Example:
+      >>> sparse_bops(quant.report(model, rules, (1, 32, 32, 3)), mask) / report.bops
+    """
+    density = {
+        jax.tree_util.keystr(path, simple=True, separator="/"): float(np.mean(np.asarray(k)))
+        for path, k in jax.tree_util.tree_flatten_with_path(mask)[0]
+    }
+    return float(sum(layer.bops * density.get(f"{layer.path}/kernel", 1.0)
+                     for layer in report.layers))  # fmt: skip

@@ -69,6 +69,33 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.drop_path_rate = ml_collections.config_dict.placeholder(float)  # None = model default
     c.dropout_rate = ml_collections.config_dict.placeholder(float)  # None = model default
 
+    # Sparsity (archjax.sparsity; experiments/pruning.py): a mask kept in the optimizer
+    # state, pruned weights held at exactly 0. method "none" = off (a dense run).
+    c.sparsity = ml_collections.ConfigDict(
+        {
+            # "none", "magnitude" (global), "layer_magnitude", "random", "snip", "n_m".
+            "method": "none",
+            "target": 0.0,  # fraction of the prunable weights removed, in [0, 1)
+            # "one_shot" (at begin_step) or "gradual" (Zhu & Gupta cubic, begin..end_step).
+            "schedule": "one_shot",
+            "begin_step": 0,
+            "end_step": 0,
+            "frequency": 10,  # gradual: steps between mask updates
+            "distribution": "uniform",  # layer ratios of layer_magnitude / random: or "erk"
+            "prune_first": False,  # the stem / first conv is kept dense unless True
+            "prune_last": False,  # the classifier head is kept dense unless True
+            "n": 2,  # n_m: n kept of every m consecutive inputs
+            "m": 4,
+            # Keep the state of this step in <workdir>/rewind (for IMP rounds that follow).
+            "rewind_step": ml_collections.config_dict.placeholder(int),
+            # IMP round: the previous round's workdir; prune its final weights to target.
+            "imp_from": ml_collections.config_dict.placeholder(str),
+            # With imp_from: "weights" (to its rewind_step), "lr" (final weights, step-k
+            # optimizer state and schedule), "reinit" (same mask, a fresh init: the control).
+            "rewind": "weights",
+        }
+    )
+
     # Parallelism: devices on the data axis (None = all).
     c.num_devices = ml_collections.config_dict.placeholder(int)
     # Mesh axis sizes (one may be -1 = the rest): data parallel, FSDP, tensor parallel.

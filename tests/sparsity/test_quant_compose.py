@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import archjax.quant as quant
 import archjax.sparsity as sp
@@ -55,3 +56,14 @@ def test_quantized_sparse_model_trains_and_costs_both():
     kept = round(0.2 * kernels)
     assert cost.nonzero == kept + 32 + 4
     assert cost.sparse_bits == kept * 4 + kernels + (32 + 4) * 32  # values + bitmap + biases
+
+    # BOPs: every layer's MACs x 4 weight bits x 32 activation bits, scaled by density.
+    report = quant.report(_Mlp(), rules, (1, 16))
+    assert sp.sparse_bops(report, jax.tree.map(lambda k: k | True, mask)) == report.bops
+    density = {
+        "hidden": float(mask["hidden"]["kernel"].mean()),
+        "head": float(mask["head"]["kernel"].mean()),
+    }
+    want = sum(layer.bops * density[layer.path] for layer in report.layers)
+    assert sp.sparse_bops(report, mask) == pytest.approx(want)
+    assert sp.sparse_bops(report, mask) < 0.5 * report.bops

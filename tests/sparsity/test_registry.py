@@ -1,23 +1,36 @@
-"""Every registered model can be pruned (abstractly); representative families train a step.
+"""Every registered model can be pruned and trained a step with its mask.
 
 Mask construction runs on every distinct tiny network under ``jax.eval_shape`` (no
 compile, no FLOPs), which is what the rules, ratios and criteria need to be checked
-against a model's parameter tree. One real masked train step runs for two
-families only (a BatchNorm ResNet, a ViT with 3-D attention kernels), to keep the
-suite cheap.
+against a model's parameter tree. The main job's train step (``make_train_step``)
+with a :func:`keep_masked` optimizer is traced for every distinct tiny network
+(``tests/registry_groups.py``) and compiled and run for one group per family and
+block type (``COMPILED``, as in tests/quant/test_transform_registry.py);
+``ARCHJAX_SPARSITY_ALL_MODELS=1`` runs every group.
 """
 
+import os
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+import archjax.models as models
 import archjax.sparsity as sp
+from archjax.train import abstract_train_state, make_train_step
 from tests.registry_groups import GROUPS
 from tests.registry_groups import tiny as _tiny
 
 X = jnp.zeros((2, 32, 32, 3))
+# One group per family class and block type (the smallest member of each).
+COMPILED = {
+    "convnext_tiny", "mixer_s16_224", "nf_resnet26", "regnetx_002", "resnet20", "resnet50",
+    "vgg11_bn", "vit_tiny_patch16_224",
+}  # fmt: skip
+ALL = os.environ.get("ARCHJAX_SPARSITY_ALL_MODELS", "0") == "1"
 
 
 def test_every_registered_model_gets_masks_abstractly():
@@ -39,51 +52,57 @@ def test_every_registered_model_gets_masks_abstractly():
                 assert m.shape == p.shape and m.dtype == jnp.bool_, names
 
 
-@pytest.mark.parametrize("name", ["resnet20", "vit_tiny_patch16_224"])
-def test_pruned_model_trains_a_step(name):
-    model = _tiny(name)
-    # Abstract init + random fill: compiling the real initializers would double the cost.
-    shapes = jax.eval_shape(lambda k: model.init(k, X, train=False), jax.random.key(0))
+def test_every_name_is_covered():
+    assert sorted(n for group in GROUPS for n in group) == models.list_models()
+    assert set(models.list_models()) >= COMPILED
+
+
+@pytest.mark.parametrize("names", GROUPS, ids=lambda g: "+".join(g))
+def test_every_registered_model_prunes_and_trains_a_step(names):
+    model = _tiny(names[0])
+    all_kept = lambda p: jax.tree.map(jnp.isfinite, p)  # noqa: E731
+    tx = sp.keep_masked(optax.adamw(1e-2, weight_decay=0.1), all_kept)
+    step = make_train_step(model, tx)
+    batch = {"image": jax.random.normal(jax.random.key(1), X.shape), "label": jnp.array([0, 3])}
+    abstract = abstract_train_state(model, tx, input_shape=X.shape)
+    new, metrics = jax.eval_shape(step, abstract, batch)
+    chex.assert_trees_all_equal_shapes_and_dtypes(new, abstract)
+    if not (ALL or COMPILED & set(names)):
+        return
+    # Random fill instead of the real initializers: compiling those would double the cost.
     rng = np.random.default_rng(0)
-    variables = jax.tree.map(
-        lambda s: jnp.asarray(0.1 * rng.standard_normal(s.shape), s.dtype), shapes
+    state = jax.tree.map(
+        lambda s: (
+            jnp.asarray(0.1 * rng.standard_normal(s.shape), s.dtype)
+            if jnp.issubdtype(s.dtype, jnp.floating)
+            else jnp.zeros(s.shape, s.dtype)
+        ),
+        abstract,
     )
-    variables["batch_stats"] = jax.tree.map(jnp.ones_like, variables.get("batch_stats", {}))
-    params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    flags = sp.prunable(params)
-    mask = sp.global_magnitude(params, 0.8, prunable=flags)
-    tx = sp.keep_masked(optax.adamw(1e-2, weight_decay=0.1), mask)
-    x = jax.random.normal(jax.random.key(1), X.shape)
-    labels = jnp.array([0, 3])
-
-    @jax.jit
-    def step(params, opt_state, batch_stats):
-        def loss(p):
-            logits, new = model.apply(
-                {"params": p, "batch_stats": batch_stats},
-                x,
-                train=True,
-                mutable=["batch_stats"],
-                rngs={"dropout": jax.random.key(2)},
-            )
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), new
-
-        (value, new), grads = jax.value_and_grad(loss, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
-    new_params, _, value = step(params, tx.init(params), batch_stats)
-    assert np.isfinite(float(value))
+    state = state.replace(
+        batch_stats=jax.tree.map(jnp.ones_like, state.batch_stats),
+        opt_state=tx.init(state.params),
+    )
+    flags = sp.prunable(state.params)
+    mask = sp.global_magnitude(state.params, 0.8, prunable=flags)
+    state = state.replace(opt_state=sp.set_mask(state.opt_state, mask))
+    compiled = (
+        jax.jit(step)
+        .lower(state, batch)
+        .compile(compiler_options={"xla_backend_optimization_level": 0})
+    )
+    new, metrics = compiled(state, batch)
+    assert np.isfinite(float(metrics["loss"])), names
     pruned = [
         np.asarray(p)
-        for p, f in zip(jax.tree.leaves(new_params), jax.tree.leaves(flags), strict=True)
+        for p, f in zip(jax.tree.leaves(new.params), jax.tree.leaves(flags), strict=True)
         if f
     ]
     assert sum((p == 0).sum() for p in pruned) >= round(0.8 * sum(p.size for p in pruned))
-    for p, m in zip(jax.tree.leaves(new_params), jax.tree.leaves(mask), strict=True):
+    for p, m in zip(jax.tree.leaves(new.params), jax.tree.leaves(mask), strict=True):
         assert (np.asarray(p)[~np.asarray(m)] == 0).all()
     changed = [
         not np.array_equal(a, b)
-        for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(params), strict=True)
+        for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params), strict=True)
     ]
     assert any(changed)
