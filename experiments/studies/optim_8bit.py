@@ -56,7 +56,7 @@ def plot(rows, curves, outdir):
 
     result = fit(rows)
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    for i, (name, entry) in enumerate(result.items()):
+    for i, entry in enumerate(result.values()):
         ax.plot([i] * len(entry["test_accuracy"]), entry["test_accuracy"], "o", color="C0",
                 alpha=0.6, label="seed" if i == 0 else None)  # fmt: skip
         ax.errorbar(i + 0.15, entry["mean"], yerr=entry["std"], fmt="s", color="C1", capsize=3,
