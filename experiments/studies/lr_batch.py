@@ -24,6 +24,7 @@ of the full-data loss, at initialization and after a reference SGD run.
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 
@@ -307,13 +308,11 @@ def plot(rows, curves, outdir):
 
 
 def _plot_hessian(table, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     b = [e["batch_size"] for e in table]
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig = Figure(figsize=(5, 3.5), dpi=120)
+    ax = fig.subplots()
     for i, name in enumerate(("init", "trained")):
         ax.plot(b, [e[f"lambda_batch_{name}"] for e in table], "o-", color=f"C{i}",
                 label=f"mini-batch ({name})")  # fmt: skip
@@ -322,8 +321,8 @@ def _plot_hessian(table, path):
     ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="top Hessian eigenvalue")
     ax.legend(fontsize=7)
     fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

@@ -49,13 +49,11 @@ def fit(rows):
 
 
 def plot(rows, curves, outdir):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     result = fit(rows)
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig = Figure(figsize=(5, 3.5), dpi=120)
+    ax = fig.subplots()
     for i, entry in enumerate(result.values()):
         ax.plot([i] * len(entry["test_accuracy"]), entry["test_accuracy"], "o", color="C0",
                 alpha=0.6, label="seed" if i == 0 else None)  # fmt: skip
@@ -66,8 +64,8 @@ def plot(rows, curves, outdir):
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = os.path.join(outdir, "accuracy_vs_bits.png")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return [path]
 
 

@@ -88,13 +88,11 @@ def fit(rows):
 
 
 def plot(rows, curves, outdir):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     table = fit(rows)["table"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=120)
+    fig = Figure(figsize=(9, 3.5), dpi=120)
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("train_error", "test_error"), strict=True):
         for i, family in enumerate(("plain", "residual", "VGG (BN)")):
             mine = [e for e in table if e["family"] == family]
@@ -106,8 +104,8 @@ def plot(rows, curves, outdir):
         ax.legend(fontsize=8)
     fig.tight_layout()
     path = os.path.join(outdir, "error_vs_depth.png")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     labels = {r["trial"]: f"{r['model']} {_family(r)} s{r['seed']}"
               for r in rows if r["state"] == "COMPLETE"}  # fmt: skip
     return [path, plots.curves(curves, f"{outdir}/test_loss.png", ylabel="test loss",
