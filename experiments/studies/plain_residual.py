@@ -1,0 +1,161 @@
+r"""Plain vs residual nets, and VGG with BatchNorm: training error vs depth (degradation).
+
+  python -m archjax.studies run experiments/studies/plain_residual.py --quick
+  python -m archjax.studies fit experiments/studies/plain_residual.py --quick
+  python -m archjax.studies plot experiments/studies/plain_residual.py --quick
+
+He et al., "Deep Residual Learning for Image Recognition" (2016): a deeper plain
+network has a *higher training error* than a shallower one (the degradation
+problem), while residual networks of the same depths improve with depth. The
+CIFAR-style ResNets 20/32/56 are trained with and without shortcuts (the registry's
+``residual=False``), and VGG-11/13/16/19 with BatchNorm (Simonyan & Zisserman) as a
+second plain family, each over several seeds; the trial is the main job
+(``experiments.studies.common.train_trial``). Training error is the main job's own
+train-split record: the mean error of the last ``log_every`` steps (BatchNorm in
+training mode, no augmentation, no label smoothing), as He et al. plot it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from archjax import studies
+from archjax.studies import plots
+from experiments.studies import common
+
+RESNETS = ["resnet20", "resnet32", "resnet56"]
+VGGS = ["vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"]
+DEPTH = {"resnet8": 8, "resnet20": 20, "resnet32": 32, "resnet56": 56, "vgg11_bn": 11,
+         "vgg13_bn": 13, "vgg16_bn": 16, "vgg19_bn": 19}  # fmt: skip
+
+
+def train_error_trial(config, trial):
+    """The main job, plus the training loss and error of its last train-log window."""
+    metrics = dict(common.train_trial(config, trial))
+    last = None
+    with open(os.path.join(trial.workdir, "metrics.jsonl")) as f:
+        for line in f:
+            record = json.loads(line)
+            if record["split"] == "train":
+                last = record
+    metrics["train_loss"] = last["loss"]
+    metrics["train_error"] = 1.0 - last["accuracy"]
+    metrics["test_error"] = 1.0 - metrics["test_accuracy"]
+    return metrics
+
+
+def _family(row) -> str:
+    if row["model"].startswith("vgg"):
+        return "VGG (BN)"
+    return "residual" if row["model_kwargs.residual"] else "plain"
+
+
+def fit(rows):
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+    table = []
+    for family in ("plain", "residual", "VGG (BN)"):
+        mine = [r for r in done if _family(r) == family]
+        for depth in sorted({DEPTH[r["model"]] for r in mine}):
+            at = [r for r in mine if DEPTH[r["model"]] == depth]
+            tr = [r["train_error"] for r in at]
+            te = [r["test_error"] for r in at]
+            table.append({"family": family, "depth": depth, "seeds": len(at),
+                          "train_error": float(np.mean(tr)), "train_error_std": float(np.std(tr)),
+                          "test_error": float(np.mean(te)), "test_error_std": float(np.std(te)),
+                          "params": at[0]["params"]})  # fmt: skip
+    result = {"table": table}
+    # Degradation: the change of mean training error from the shallowest to the deepest net,
+    # with a seed-bootstrap interval (seeds resampled within each depth).
+    rng = np.random.default_rng(0)
+    for family in ("plain", "residual", "VGG (BN)"):
+        mine = [r for r in done if _family(r) == family]
+        depths = sorted({DEPTH[r["model"]] for r in mine})
+        if len(depths) < 2:
+            continue
+        lo = np.array([r["train_error"] for r in mine if DEPTH[r["model"]] == depths[0]])
+        hi = np.array([r["train_error"] for r in mine if DEPTH[r["model"]] == depths[-1]])
+        boot = [rng.choice(hi, hi.size).mean() - rng.choice(lo, lo.size).mean()
+                for _ in range(2000)]  # fmt: skip
+        result[f"{family}: deepest - shallowest train error"] = {
+            "depths": [depths[0], depths[-1]],
+            "delta": float(hi.mean() - lo.mean()),
+            "interval": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
+        }
+    return result
+
+
+def plot(rows, curves, outdir):
+    from matplotlib.figure import Figure
+
+    table = fit(rows)["table"]
+    fig = Figure(figsize=(9, 3.5), dpi=120)
+    axes = fig.subplots(1, 2)
+    for ax, metric in zip(axes, ("train_error", "test_error"), strict=True):
+        for i, family in enumerate(("plain", "residual", "VGG (BN)")):
+            mine = [e for e in table if e["family"] == family]
+            if mine:
+                ax.errorbar([e["depth"] for e in mine], [e[metric] for e in mine],
+                            yerr=[e[f"{metric}_std"] for e in mine], fmt="o-", capsize=3,
+                            color=f"C{i}", label=family)  # fmt: skip
+        ax.set(xlabel="depth (weight layers)", ylabel=f"{metric.replace('_', ' ')} (mean, s.d.)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(outdir, "error_vs_depth.png")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    labels = {r["trial"]: f"{r['model']} {_family(r)} s{r['seed']}"
+              for r in rows if r["state"] == "COMPLETE"}  # fmt: skip
+    return [path, plots.curves(curves, f"{outdir}/test_loss.png", ylabel="test loss",
+                               labels=labels)]  # fmt: skip
+
+
+def _configs(resnets, vggs, seeds, resnet_kwargs, vgg_kwargs):
+    """Seed-major order: the queue finishes every depth of one seed before the next seed."""
+    configs = []
+    for seed in seeds:
+        for model in resnets:
+            for residual in (False, True):
+                configs.append({"model": model, "model_kwargs.residual": residual,
+                                **resnet_kwargs, "seed": seed})  # fmt: skip
+        for model in vggs:
+            configs.append({"model": model, **vgg_kwargs, "seed": seed})
+    return configs
+
+
+def define(quick: bool = False) -> studies.Study:
+    steps = 4 if quick else 200
+    # ResNets on 8 px digits (the 6n+2 nets keep their 3 stages at 8, 4, 2 px); VGG's five
+    # max-pools need 32 px. Quarter-width CIFAR ResNets (4/8/16 channels), 1/16-width VGG
+    # (4..32 channels, a 64-wide head).
+    resnet_kwargs = {"image_size": 8, "model_kwargs.width_multiplier": 0.25}
+    vgg_kwargs = {"image_size": 32, "model_kwargs.width_multiplier": 1 / 16,
+                  "model_kwargs.head_width": 1024}  # fmt: skip
+    if quick:
+        configs = _configs(["resnet8"], [], [0], resnet_kwargs, vgg_kwargs)
+    else:
+        configs = _configs(RESNETS, VGGS, [0, 1, 2], resnet_kwargs, vgg_kwargs)
+    return studies.Study(
+        name="plain_residual" + ("_quick" if quick else ""),
+        configs=configs,
+        trial=train_error_trial,
+        fixed={
+            "num_steps": steps,
+            "batch_size": 32 if quick else 64,
+            "eval_batch_size": 128 if quick else 512,
+            "log_every": 2 if quick else 50,
+            "eval_every": steps,
+            "checkpoint_every": steps // 2,
+            "warmup_steps": 1 if quick else 20,
+            "label_smoothing": 0.0,
+            "random_crop_pad": 0,
+            "num_devices": 1,
+        },
+        objective="train_error",
+        check=common.check_train_config,
+        setup=common.setup,
+        fit=fit,
+        plot=plot,
+    )

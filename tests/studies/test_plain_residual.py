@@ -1,0 +1,35 @@
+"""experiments/studies/plain_residual.py: the quick pipeline, and every full config is valid."""
+
+import json
+import os
+
+from archjax.studies.__main__ import main
+
+from .conftest import REPO
+
+STUDY = "experiments/studies/plain_residual.py"
+
+
+def test_full_configs_are_valid_main_job_overrides():
+    from experiments.studies import common, plain_residual
+
+    study = plain_residual.define(quick=False)
+    assert len(study.configs) == 30  # (3 ResNets x plain/residual + 4 VGGs) x 3 seeds
+    for config in study.configs:
+        common.check_train_config(study.full_config(config))
+
+
+def test_quick_pipeline(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = os.path.join(REPO, STUDY)
+    workdir = ["--workdir", str(tmp_path)]
+    assert main(["run", spec, "--quick", *workdir, "--no-progress"]) == 0
+    assert "2/2 configs finished; trials COMPLETE 2" in capsys.readouterr().out
+    assert main(["fit", spec, "--quick", *workdir]) == 0
+    with open(tmp_path / "fit.json") as f:
+        table = json.load(f)["table"]
+    assert [(e["family"], e["depth"]) for e in table] == [("plain", 8), ("residual", 8)]
+    assert all(0 <= e["train_error"] <= 1 and e["params"] > 0 for e in table)
+    assert table[0]["params"] < table[1]["params"]  # the residual net has projection shortcuts
+    assert main(["plot", spec, "--quick", *workdir]) == 0
+    assert (tmp_path / "plots" / "error_vs_depth.png").exists()
