@@ -1,17 +1,17 @@
 r"""Per-device memory of the train step with and without the explicit FSDP gather.
 
-``archjax.train.jit_train_step`` gathers the parameters over the ``fsdp`` mesh
-axis at the top of the step (``archjax.parallel.gather_fsdp``: a sharding
-constraint that works around XLA miscomputing convolutions on 3-axis meshes,
-docs/distributed.md). This compiles the same step both ways on 8 simulated CPU
-devices and prints XLA's compiled memory analysis per device: arguments,
-outputs, donated (aliased) bytes, temporaries, and XLA's peak (from its buffer
-assignment; ``peak_memory_in_bytes``), with the ratio of the peaks. Nothing runs;
-only compiles.
-
-The "without" program is ``jax.jit`` of the same step with the same shardings
-and donation, minus the constraint: on a mesh with data, fsdp and model all > 1
-it computes wrong gradients (that is the bug), so it is only measured here.
+On meshes with ``fsdp`` and ``model`` both > 1, ``archjax.train.jit_train_step``
+gathers the parameters over ``fsdp`` at the top of the step
+(``archjax.parallel.gather_fsdp``: a sharding constraint that works around XLA
+miscomputing convolutions there, docs/distributed.md). This compiles the step
+with the gather on every mesh ("gather") and without it ("no_gather": plain
+``jax.jit`` with the same shardings and donation, wrong on ``d2f2m2``, so only
+measured) on 8 simulated CPU devices, and prints XLA's compiled memory analysis
+per device: arguments, outputs, donated (aliased) bytes, temporaries, and the
+peak estimate ``argument + output - alias + temp`` with its ratio between the
+two (XLA:CPU's own ``peak_memory_in_bytes`` leaves out the temporaries: it
+reports about the argument bytes here). The last column says which program
+``jit_train_step`` compiles on that mesh. Nothing runs; only compiles.
 
   python -m benchmarks.fsdp_gather                                   # resnet20, 32 px, 128
   python -m benchmarks.fsdp_gather --model=resnet18 --batch=64 --meshes=fsdp8,d2f2m2
@@ -31,7 +31,7 @@ import jax
 import optax
 
 from archjax import models, parallel
-from archjax.train import abstract_train_state, jit_train_step, make_train_step, state_sharding
+from archjax.train import abstract_train_state, make_train_step, state_sharding
 
 MESHES = {
     "fsdp8": {"data": 1, "fsdp": 8, "model": 1},
@@ -44,7 +44,7 @@ FIELDS = ("argument", "output", "alias", "temp", "peak")
 def _memory(compiled) -> dict[str, int]:
     stats = compiled.memory_analysis()
     out = {f: getattr(stats, f"{f}_size_in_bytes") for f in FIELDS[:-1]}
-    out["peak"] = stats.peak_memory_in_bytes
+    out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
     return out
 
 
@@ -66,7 +66,14 @@ def measure(model_name: str, size: int, batch: int, mesh_name: str) -> dict[str,
         out_shardings=(state_sh, parallel.replicated(mesh)),
         donate_argnums=0,
     )
-    gather = jit_train_step(step, mesh=mesh, state=state)
+    gather = jax.jit(  # gather_fsdp on every mesh (jit_train_step: only where model > 1)
+        lambda s, b: step(
+            s.replace(params=parallel.gather_fsdp({"params": s.params}, mesh)["params"]), b
+        ),
+        in_shardings=(state_sh, data),
+        out_shardings=(state_sh, parallel.replicated(mesh)),
+        donate_argnums=0,
+    )
     return {
         name: _memory(fn.lower(state, batch_spec).compile())
         for name, fn in (("gather", gather), ("no_gather", no_gather))
@@ -96,13 +103,14 @@ def main(argv=None) -> None:
     print(
         f"{args.model}: {params / 1e6:.2f}M parameters, {args.size} px, global batch {args.batch}"
     )
-    print("per device, MiB:  " + " ".join(f"{f:>9}" for f in FIELDS) + "  peak ratio")
+    print("per device, MiB:  " + " ".join(f"{f:>9}" for f in FIELDS) + "  peak ratio  archjax")
     for mesh_name in args.meshes.split(","):
         result = measure(args.model, args.size, args.batch, mesh_name)
         for name in ("no_gather", "gather"):
             row = " ".join(f"{result[name][f] / 2**20:9.2f}" for f in FIELDS)
             ratio = result[name]["peak"] / result["no_gather"]["peak"]
-            print(f"{mesh_name:>7} {name:>9}: {row}  {ratio:.3f}", flush=True)
+            used = (name == "gather") == (MESHES[mesh_name]["model"] > 1)
+            print(f"{mesh_name:>7} {name:>9}: {row}  {ratio:10.3f}  {'<-' if used else ''}")
 
 
 if __name__ == "__main__":

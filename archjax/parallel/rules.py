@@ -20,9 +20,10 @@ remaining dimension of every leaf with at least ``fsdp_min_size`` elements over
 the ``fsdp`` axis, as big_vision's ``fsdp`` strategy does. A mesh axis that is
 absent or of size 1, or that does not divide the dimension, leaves it whole.
 
-Inside the step, :func:`gather_fsdp` writes out FSDP's all-gather: the
-parameters are used in their layout without ``fsdp`` while they stay stored
-split (docs/distributed.md, "Sharded steps gather the FSDP parameters").
+On meshes with ``fsdp`` and ``model`` both > 1 the train and eval steps call
+:func:`gather_fsdp`, which writes out FSDP's all-gather: the parameters are used
+in their layout without ``fsdp`` while they stay stored split
+(docs/distributed.md, "Sharded steps gather the FSDP parameters").
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ import optax
 from jax.sharding import Mesh
 
 from archjax.parallel import (
+    MODEL_AXIS,
     ShardingRules,
     cross_replica_batch_norm,
     data_sharding,
@@ -245,7 +246,16 @@ def make_eval_step(
 
 
 def _gathered_params(state: TrainState, mesh: Mesh, rules: ShardingRules | None) -> TrainState:
-    """``state`` whose parameters are used gathered over ``fsdp`` (see :func:`gather_fsdp`)."""
+    """``state`` whose parameters are used gathered over ``fsdp`` where the mesh needs it.
+
+    Only on meshes with ``fsdp`` and ``model`` both > 1, where XLA's partitioner
+    miscomputed convolutions with kernels split on both (see :func:`gather_fsdp`).
+    Elsewhere XLA's own gathers were right and cheaper: gathering everything at
+    the top of the step took a ResNet-18's peak from 38 to 139 MiB per device
+    on FSDP over 8 (docs/distributed.md, benchmarks/fsdp_gather.py).
+    """
+    if mesh.shape.get(MODEL_AXIS, 1) == 1:
+        return state
     return state.replace(params=gather_fsdp({"params": state.params}, mesh, rules)["params"])
 
 
@@ -271,8 +281,9 @@ def jit_train_step(
     Returns:
       The jitted step. Call it with global arrays from
       :func:`archjax.parallel.shard_batch`; the input state is donated (do not use
-      it after the call). Parameters stored split on ``fsdp`` are gathered at the
-      top of the step (:func:`archjax.parallel.gather_fsdp`); parameters,
+      it after the call). On meshes with ``fsdp`` and ``model`` both > 1 the
+      parameters are gathered over ``fsdp`` at the top of the step
+      (:func:`archjax.parallel.gather_fsdp`, an XLA workaround); parameters,
       optimizer state and batch keep their stored layouts.
     """
     state_sh = state_sharding(state, mesh, rules) if state is not None else None
@@ -297,7 +308,7 @@ def jit_eval_step(
     """Compiles ``eval_step`` for ``mesh`` (batch split on the batch axes, no donation).
 
     The state keeps the layout it comes in; parameters split on ``fsdp`` (under
-    ``rules``, as for :func:`jit_train_step`) are gathered at the top of the step.
+    ``rules``) are gathered at the top of the step as in :func:`jit_train_step`.
     """
 
     def sharded_eval_step(state: TrainState, batch: Batch) -> Metrics:
