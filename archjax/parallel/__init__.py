@@ -20,12 +20,14 @@ from archjax.parallel.rules import (
     DEFAULT_LOGICAL_TO_MESH,
     DEFAULT_PARAM_RULES,
     ShardingRules,
+    gather_fsdp,
     logical_axes,
     logical_sharding,
     partition_spec,
     path_name,
     tree_partition_specs,
     tree_shardings,
+    without_fsdp,
 )
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "check_batch_size",
     "cross_replica_batch_norm",
     "data_sharding",
+    "gather_fsdp",
     "initialize",
     "is_main_process",
     "logical_axes",
@@ -53,4 +56,5 @@ __all__ = [
     "shard_batch",
     "tree_partition_specs",
     "tree_shardings",
+    "without_fsdp",
 ]

@@ -19,6 +19,11 @@ On top of the table, FSDP (Rajbhandari et al., "ZeRO", 2020) splits the largest
 remaining dimension of every leaf with at least ``fsdp_min_size`` elements over
 the ``fsdp`` axis, as big_vision's ``fsdp`` strategy does. A mesh axis that is
 absent or of size 1, or that does not divide the dimension, leaves it whole.
+
+On meshes with ``fsdp`` and ``model`` both > 1 the train and eval steps call
+:func:`gather_fsdp`, which writes out FSDP's all-gather: the parameters are used
+in their layout without ``fsdp`` while they stay stored split
+(docs/distributed.md, "Sharded steps gather the FSDP parameters").
 """
 
 from __future__ import annotations
@@ -177,6 +182,48 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: ShardingRules | None = None) ->
     """
     specs = tree_partition_specs(tree, mesh, rules)
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+
+
+def without_fsdp(spec: PartitionSpec) -> PartitionSpec:
+    """``spec`` with the ``fsdp`` mesh axis removed from every entry (the gathered layout)."""
+    entries = []
+    for entry in spec:
+        axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+        kept = tuple(a for a in axes if a != FSDP_AXIS)
+        entries.append(None if not kept else kept[0] if len(kept) == 1 else kept)
+    return PartitionSpec(*entries)
+
+
+def gather_fsdp(tree: Any, mesh: Mesh, rules: ShardingRules | None = None) -> Any:
+    """Inside ``jax.jit``: every leaf constrained to its rule layout without ``fsdp``.
+
+    This is FSDP's all-gather written out as ``jax.lax.with_sharding_constraint``:
+    the leaves stay *stored* split on ``fsdp`` (the step's in/out shardings), and
+    the computation that follows sees them gathered over ``fsdp`` but still split
+    on ``model``. Leaving the gather to XLA's SPMD partitioner gave wrong
+    convolutions on meshes with ``data``, ``fsdp`` and ``model`` all > 1
+    (jax/jaxlib 0.10.2, XLA:CPU; docs/distributed.md has the plain-JAX repro).
+
+    Args:
+      tree: the leaves to gather, with the paths the rules match (pass
+        ``{"params": state.params}`` for a train state's parameters).
+      mesh: the step's mesh; without an ``fsdp`` axis > 1, ``tree`` is returned as is.
+      rules: the tables the tree was laid out with; default :class:`ShardingRules`.
+
+    Returns:
+      ``tree`` with each leaf under its gathered sharding constraint.
+
+    Example:
+      >>> params = gather_fsdp({"params": state.params}, mesh, rules)["params"]
+    """
+    if mesh.shape.get(FSDP_AXIS, 1) == 1:
+        return tree
+    specs = tree_partition_specs(tree, mesh, rules)
+    return jax.tree.map(
+        lambda x, s: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, without_fsdp(s))),
+        tree,
+        specs,
+    )
 
 
 def logical_sharding(
