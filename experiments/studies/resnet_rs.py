@@ -17,25 +17,30 @@ more slowly".
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from archjax import studies
-from experiments.studies import common
+from experiments.studies import common, loss_compute
 
-BASE = {"model_kwargs.stage_sizes": [1, 1, 1, 1], "model_kwargs.width_multiplier": 0.125,
-        "image_size": 16}  # fmt: skip
+BASE = {
+    "model_kwargs.stage_sizes": [1, 1, 1, 1],
+    "model_kwargs.width_multiplier": 0.125,
+    "image_size": 16,
+}
 # Each strategy turns one knob of the base to about 2x and 4x its FLOPs.
 LEVELS = {
     "depth": ("model_kwargs.stage_sizes", [[2, 2, 2, 2], [3, 4, 6, 3]]),
     "width": ("model_kwargs.width_multiplier", [0.1875, 0.25]),
     "resolution": ("image_size", [24, 32]),
 }
-QUICK_BASE = {"model_kwargs.stage_sizes": [1, 1], "model_kwargs.width_multiplier": 0.0625,
-              "image_size": 8}  # fmt: skip
+QUICK_BASE = {
+    "model_kwargs.stage_sizes": [1, 1],
+    "model_kwargs.width_multiplier": 0.0625,
+    "image_size": 8,
+}
 QUICK_LEVELS = {
     "depth": ("model_kwargs.stage_sizes", [[2, 1]]),
     "width": ("model_kwargs.width_multiplier", [0.125]),
@@ -45,28 +50,23 @@ STRATEGIES = ("depth", "width", "resolution")
 
 
 def trial(config, trial):
-    """The main job; adds the held-out loss and error at every evaluation."""
-    out = common.train_trial(_overrides(config), trial)
-    with open(os.path.join(trial.workdir, "metrics.jsonl")) as f:
-        for record in map(json.loads, f):
-            if record["split"] == "test":
-                out[f"test_loss_at_{record['step']}"] = record["loss"]
-                out[f"test_error_at_{record['step']}"] = 1.0 - record["accuracy"]
-    return out
+    """The main job with the held-out loss and error at every evaluation."""
+    return loss_compute.train_trial_with_evals(_overrides(config), trial)
 
 
 def _configs(base, levels, seeds):
     configs = [{"strategy": "base", "level": 0, **base, "seed": s} for s in seeds]
     for name, (key, values) in levels.items():
         for level, value in enumerate(values, start=1):
-            configs += [{"strategy": name, "level": level, **base, key: value, "seed": s}
-                        for s in seeds]  # fmt: skip
+            configs += [
+                {"strategy": name, "level": level, **base, key: value, "seed": s} for s in seeds
+            ]
     return configs
 
 
 def _lengths(rows):
     """(short, long): the first and the last evaluation step."""
-    steps = sorted(int(k.rsplit("_", 1)[1]) for k in rows[0] if k.startswith("test_error_at_"))
+    steps = loss_compute.eval_steps(rows[0])
     return steps[0], steps[-1]
 
 
@@ -79,8 +79,13 @@ def _table(rows):
     table = []
     for key in sorted({(r["strategy"], r["level"]) for r in done}):
         mine = [r for r in done if (r["strategy"], r["level"]) == key]
-        entry = {"strategy": key[0], "level": key[1], "seeds": len(mine),
-                 "flops_per_example": mine[0]["flops_per_example"], "params": mine[0]["params"]}  # fmt: skip
+        entry = {
+            "strategy": key[0],
+            "level": key[1],
+            "seeds": len(mine),
+            "flops_per_example": mine[0]["flops_per_example"],
+            "params": mine[0]["params"],
+        }
         for name, steps in zip(("short", "long"), lengths, strict=True):
             for metric in ("error", "loss"):
                 values = [r[f"test_{metric}_at_{steps}"] for r in mine]
@@ -120,13 +125,18 @@ def plot(rows, curves, outdir):
     base = next(e for e in table if e["strategy"] == "base")
     for ax, length, steps in zip(axes, ("short", "long"), (short, long_), strict=True):
         for i, s in enumerate(STRATEGIES):
-            mine = [base] + sorted((e for e in table if e["strategy"] == s), key=lambda e: e["level"])
+            mine = [base] + sorted(
+                (e for e in table if e["strategy"] == s), key=lambda e: e["level"]
+            )
             x = [e["flops_per_example"] for e in mine]
             y = [100 * e[f"{length}_error"] for e in mine]
             err = [100 * e[f"{length}_error_std"] for e in mine]
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=f"C{i}", label=f"scale {s}")
-        ax.set(xscale="log", xlabel="FLOPs per example (forward)",
-               title=f"{length} training ({steps} steps)")  # fmt: skip
+        ax.set(
+            xscale="log",
+            xlabel="FLOPs per example (forward)",
+            title=f"{length} training ({steps} steps)",
+        )
     axes[0].set_ylabel("held-out error (%), mean and std over seeds")
     axes[0].legend(fontsize=8)
     os.makedirs(outdir, exist_ok=True)
@@ -146,17 +156,32 @@ def check(config):
 
 
 def define(quick: bool = False) -> studies.Study:
-    fixed = {"model": "resnetrs50", "dataset": "shapes", "num_devices": 1, "batch_size": 64,
-             "schedule": "constant", "learning_rate": 0.1, "warmup_steps": 20,
-             "checkpoint_every": 200, "log_every": 50}  # fmt: skip
+    fixed = {
+        "model": "resnetrs50",
+        "dataset": "shapes",
+        "num_devices": 1,
+        "batch_size": 64,
+        "schedule": "constant",
+        "learning_rate": 0.1,
+        "warmup_steps": 20,
+        "checkpoint_every": 200,
+        "log_every": 50,
+    }
     if quick:
         configs = _configs(QUICK_BASE, QUICK_LEVELS, seeds=[0])
-        fixed.update(**{"dataset_kwargs.num_examples": 128}, batch_size=16, num_steps=4,
-                     eval_every=2, warmup_steps=1, log_every=2, checkpoint_every=4)  # fmt: skip
+        fixed.update(
+            **{"dataset_kwargs.num_examples": 128},
+            batch_size=16,
+            num_steps=4,
+            eval_every=2,
+            warmup_steps=1,
+            log_every=2,
+            checkpoint_every=4,
+        )
     else:
         configs = _configs(BASE, LEVELS, seeds=[0, 1, 2])
         # 1000 training images: long training overfits the larger models.
-        fixed.update({"dataset_kwargs.num_examples": 1000}, num_steps=600, eval_every=100)
+        fixed.update({"dataset_kwargs.num_examples": 1000}, num_steps=300, eval_every=75)
     return studies.Study(
         name="resnet_rs" + ("_quick" if quick else ""),
         configs=configs,
