@@ -68,15 +68,18 @@ def analyse(rows):
     """The frontier, its power law and the growth of the frontier's model size."""
     pts = _points(rows)
     front = fits.pareto_front(pts[:, :2], ["minimize", "minimize"])
-    law = fits.fit_power_law(pts[front, 0], pts[front, 1], resamples=1000)
+    # A frontier of fewer than 4 points (a toy run whose loss barely moves) cannot
+    # pin down 3 parameters: then every point is fitted, and the summary says so.
+    fitted = front if front.sum() >= 4 else np.ones_like(front)
+    law = fits.fit_power_law(pts[fitted, 0], pts[fitted, 1], resamples=1000)
     growth = None
     if len(np.unique(pts[front, 0])) >= 3:
         growth = fits.loglog_slope(pts[front, 0], pts[front, 2])
-    return pts, front, law, growth
+    return pts, front, fitted, law, growth
 
 
 def fit(rows):
-    pts, front, law, growth = analyse(rows)
+    pts, front, fitted, law, growth = analyse(rows)
     models = []
     for r in rows:
         if r["state"] == "COMPLETE":
@@ -96,6 +99,7 @@ def fit(rows):
     return {
         "points": int(len(pts)),
         "frontier_points": int(front.sum()),
+        "fitted_on": "frontier" if fitted is front else "all points",
         **law.as_dict(),
         "optimal_params_vs_compute": growth,
         "frontier": frontier,
@@ -104,7 +108,7 @@ def fit(rows):
 
 
 def plot(rows, curves, outdir):
-    pts, front, law, growth = analyse(rows)
+    pts, front, fitted, law, growth = analyse(rows)
     labels = {
         r["trial"]: f"{r['model_kwargs.stage_sizes']} x{r['model_kwargs.width_multiplier']}"
         for r in rows
@@ -116,7 +120,7 @@ def plot(rows, curves, outdir):
             pts[:, 1],
             law,
             f"{outdir}/loss_compute.png",
-            frontier=front,
+            frontier=fitted,
             ylabel="held-out loss",
             title="NF-ResNets on shapes: loss vs compute",
         ),

@@ -236,13 +236,15 @@ def define(quick: bool = False) -> studies.Study:
         spp = {"stage_sizes": [2, 1], "width_multiplier": 0.0625, "image_size": 16, "batch": 4}
         kinds, batches, seeds, epochs = ("bn", "nf_agc"), [512], [0], 1
         fixed.update(image_size=8, warmup_steps=1, log_every=1)
-    configs = [
+    # Probes first (no compile); then one seed of every cell, largest batch first, so
+    # that a study stopped part-way has whole comparisons.
+    configs = [{"probe": True, "kind": k, "spp": spp, "seed": 0} for k in ("bn", "nf", "plain")]
+    configs += [
         {"kind": k, "batch_size": b, **arch, "epochs": epochs, "seed": s}
-        for k in kinds
-        for b in batches
         for s in seeds
+        for b in sorted(batches, reverse=True)
+        for k in kinds
     ]
-    configs += [{"probe": True, "kind": k, "spp": spp, "seed": 0} for k in ("bn", "nf", "plain")]
     return studies.Study(
         name="nf_agc" + ("_quick" if quick else ""),
         configs=configs,

@@ -55,12 +55,13 @@ def trial(config, trial):
 
 
 def _configs(base, levels, seeds):
-    configs = [{"strategy": "base", "level": 0, **base, "seed": s} for s in seeds]
-    for name, (key, values) in levels.items():
-        for level, value in enumerate(values, start=1):
-            configs += [
-                {"strategy": name, "level": level, **base, key: value, "seed": s} for s in seeds
-            ]
+    """Seed-major, so that a study stopped part-way has every model at the first seeds."""
+    configs = []
+    for s in seeds:
+        configs.append({"strategy": "base", "level": 0, **base, "seed": s})
+        for name, (key, values) in levels.items():
+            for level, value in enumerate(values, start=1):
+                configs.append({"strategy": name, "level": level, **base, key: value, "seed": s})
     return configs
 
 
