@@ -5,6 +5,7 @@ restricted to a subset of leaves; on top of them: Hutchinson traces per layer
 (HAWQ-V2), power iteration and Lanczos for the top eigenvalues, and stochastic
 Lanczos quadrature for the spectral density. Each HVP is one compiled program,
 shared by all of them, and runs data-parallel on a batch sharded over the mesh.
+Also the per-block statistics of Signal Propagation Plots (:func:`block_statistics`).
 """
 
 from archjax.analysis.hessian import (
@@ -16,6 +17,7 @@ from archjax.analysis.hessian import (
     param_paths,
     stack_batches,
 )
+from archjax.analysis.signal import block_statistics
 from archjax.analysis.spectrum import (
     SpectralDensity,
     lanczos_tridiagonal,
@@ -27,6 +29,7 @@ from archjax.analysis.spectrum import (
 __all__ = [
     "SpectralDensity",
     "TraceEstimate",
+    "block_statistics",
     "classifier_loss",
     "hutchinson_trace",
     "hvp",
