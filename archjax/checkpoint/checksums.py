@@ -19,7 +19,9 @@ def leaves_by_path(tree: Any) -> dict[str, Any]:
 
 def _leaf_checksum(x: jax.Array) -> jax.Array:
     """A position-sensitive uint32 hash of a leaf's bits; exact, so sharding-independent."""
-    if x.dtype.itemsize == 4:
+    if x.dtype == jnp.bool_:  # e.g. optax.apply_if_finite's last_finite
+        bits = x.astype(jnp.uint32)
+    elif x.dtype.itemsize == 4:
         bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
     elif x.dtype.itemsize in (1, 2):
         unsigned = jnp.uint8 if x.dtype.itemsize == 1 else jnp.uint16
