@@ -47,7 +47,7 @@ def test_two_processes_train_and_checkpoint_identically(tmp_path):
     outs = []
     for p in procs:
         try:
-            outs.append(p.communicate(timeout=240)[0])
+            outs.append(p.communicate(timeout=600)[0])
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
