@@ -36,7 +36,7 @@ _POSITIVE_INTS = ("batch_size", "num_steps", "log_every", "eval_every", "eval_ba
                   "checkpoint_every", "keep_checkpoints", "image_size")  # fmt: skip
 _NON_NEGATIVE = ("sam_rho", "mixup_alpha", "cutmix_alpha", "agc_clipping", "ema_decay",
                  "momentum", "weight_decay", "warmup_steps", "random_crop_pad",
-                 "keep_best_checkpoints")  # fmt: skip
+                 "keep_best_checkpoints", "skip_nonfinite_updates")  # fmt: skip
 
 
 def load_config(spec: str = DEFAULT_CONFIG) -> ml_collections.ConfigDict:

@@ -9,8 +9,9 @@ Writes into the workdir (default ``runs/<config name>``): ``checkpoints/``,
 TensorBoard event files (``tensorboard --logdir runs/``), ``curves.png`` and
 ``config.json``. Running the same command again resumes from the latest
 checkpoint. SIGINT/SIGTERM (Ctrl-C, a preemption notice) save a checkpoint at the
-current step before exiting, so a re-run loses nothing; a hard kill loses at most
-``checkpoint_every`` steps.
+current step before exiting (status 128 + signal), so a re-run loses nothing; in a
+multi-process run a signal to any one process makes every process save the same step
+and exit. A hard kill loses at most ``checkpoint_every`` steps.
 
 This file is meant to be read and forked, not subclassed: the loop is flat.
 """
@@ -30,11 +31,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import app, flags, logging
 from tqdm import tqdm
 
 from archjax import compile_cache, data, models, optim, parallel, sparsity
-from archjax.checkpoint import Checkpointer, claim_directory
+from archjax.checkpoint import CheckpointDiskFullError, Checkpointer, claim_directory
 from archjax.train import (
     Recipe,
     TrainState,
@@ -89,6 +91,7 @@ def create_optimizer(config: ml_collections.ConfigDict):
         spike_clipping=config.spike_clipping,
         ema_decay=config.ema_decay,
         ema_warmup=config.ema_warmup,
+        skip_nonfinite=config.skip_nonfinite_updates,
     )
     return pruning.wrap_optimizer(config, tx)
 
@@ -156,30 +159,75 @@ def evaluate(eval_step, state, ds, *, batch_size: int, mesh) -> dict[str, float]
     return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n}
 
 
-def _check_finite(loss: float, step: int, config: ml_collections.ConfigDict, ckpt_dir: str):
-    """Stops a diverged run with a message that says where and what to change."""
-    if not np.isfinite(loss):
-        raise FloatingPointError(
-            f"Training loss is {loss} at step {step} (model {config.model}, learning_rate "
-            f"{config.learning_rate}). Checkpoints before this step are intact in {ckpt_dir}; "
-            "lower the learning rate or add warmup."
-        )
+def skipped_updates(state: TrainState) -> dict[str, int]:
+    """Updates skipped for non-finite gradients (``skip_nonfinite_updates``): in all and
+    in a row now, from ``optax.apply_if_finite``'s state; ``{}`` when skipping is off."""
+    total = optax.tree_utils.tree_get(state.opt_state, "total_notfinite")
+    if total is None:
+        return {}
+    in_a_row = optax.tree_utils.tree_get(state.opt_state, "notfinite_count")
+    return {"skipped_updates": int(total), "skipped_in_a_row": int(in_a_row)}
+
+
+def _check_finite(
+    loss: float, step: int, config: ml_collections.ConfigDict, ckpt_dir: str, skipped: dict
+):
+    """Stops a diverged run with a message that says where and what to change.
+
+    A non-finite loss whose updates were all skipped (``skip_nonfinite_updates``) left
+    the state finite: the run goes on until more updates in a row fail than allowed.
+    """
+    if np.isfinite(loss):
+        return
+    if skipped and skipped["skipped_in_a_row"] <= config.skip_nonfinite_updates:
+        return
+    gave_up = (
+        f" after skipping {config.skip_nonfinite_updates} non-finite updates in a row"
+        if skipped
+        else ""
+    )
+    raise FloatingPointError(
+        f"Training loss is {loss} at step {step}{gave_up} (model {config.model}, "
+        f"learning_rate {config.learning_rate}). Checkpoints before this step are intact "
+        f"in {ckpt_dir}; lower the learning rate or add warmup."
+    )
 
 
 class _Interrupt:
-    """Turns SIGINT/SIGTERM into a flag that the loop checks after each step."""
+    """SIGINT/SIGTERM -> a stop at a step boundary that every process agrees on.
 
-    def __init__(self):
+    One process: a handler sets a flag that :meth:`stop_signal` reads after each step.
+    Several processes: the signal reaches one of them, yet all must save the same step
+    (each joins the save). So SIGTERM is left to the preemption notifier that
+    ``jax.distributed.initialize`` installs: it tells the coordination service, which
+    picks the first step that no process has passed yet, and Orbax's
+    ``reached_preemption(step)``, asked after every step on every process, is true at
+    that step everywhere. SIGINT (Ctrl-C on one host) is passed on as a SIGTERM.
+    """
+
+    def __init__(self, *, multiprocess: bool):
+        self.multiprocess = multiprocess
         self.signum: int | None = None
 
     def __enter__(self):
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        # A Python SIGTERM handler would replace the runtime's notifier (one per signal).
+        signals = (signal.SIGINT,) if self.multiprocess else (signal.SIGINT, signal.SIGTERM)
+        self._old = {s: signal.signal(s, self._handle) for s in signals}
         return self
 
     def _handle(self, signum, frame):
         if self.signum is not None:  # a second signal: the user really wants out
             raise KeyboardInterrupt
         self.signum = signum
+        if self.multiprocess:
+            signal.raise_signal(signal.SIGTERM)  # to the runtime's preemption notifier
+
+    def stop_signal(self, step: int, ckpt: Checkpointer) -> int | None:
+        """The signal to save and stop for after ``step``, or ``None`` (once per step)."""
+        if not self.multiprocess:
+            return self.signum
+        # Every process must ask at every step: the sync point is computed from the steps.
+        return signal.SIGTERM if ckpt.reached_preemption(step) else None
 
     def __exit__(self, *exc):
         for s, handler in self._old.items():
@@ -314,7 +362,7 @@ def train_and_evaluate(
         mininterval=0.1 if sys.stdout.isatty() else 10.0,
     )
     try:
-        with _Interrupt() as interrupt:
+        with _Interrupt(multiprocess=jax.process_count() > 1) as interrupt:
             train_sums, n_sums, t_log = None, 0, time.time()
             while step < config.num_steps:
                 state, batch = sparse.before_step(state, step, train_iter)  # may prune
@@ -327,12 +375,13 @@ def train_and_evaluate(
                 bar.update(1)
                 is_last = step == config.num_steps
                 # Read once: a signal that lands later in this step is handled after the next.
-                signum = interrupt.signum
+                signum = interrupt.stop_signal(step, ckpt)
                 saving = bool(is_last or step % config.checkpoint_every == 0 or signum)
                 if saving or step % config.log_every == 0:
                     # Checked before every save too, so no checkpoint holds a diverged state.
                     means = {k: float(v) / n_sums for k, v in jax.device_get(train_sums).items()}
-                    _check_finite(means["loss"], step, config, ckpt.directory)
+                    skipped = skipped_updates(state)
+                    _check_finite(means["loss"], step, config, ckpt.directory, skipped)
                 if step % config.log_every == 0 or is_last:
                     rate = n_sums * config.batch_size / (time.time() - t_log)
                     lr = float(lr_schedule(step - 1))  # optax counts updates from 0
@@ -341,6 +390,7 @@ def train_and_evaluate(
                             "step": step,
                             "split": "train",
                             **means,
+                            **({"skipped_updates": skipped["skipped_updates"]} if skipped else {}),
                             "learning_rate": lr,
                             "examples_per_sec": rate,
                         }
@@ -364,9 +414,15 @@ def train_and_evaluate(
                 )
                 if signum is not None:
                     interrupted = True
+                    received = (
+                        f"Preemption notice ({signal.Signals(signum).name} to one of "
+                        f"{jax.process_count()} processes)"
+                        if interrupt.multiprocess
+                        else f"Received {signal.Signals(signum).name}"
+                    )
                     bar.write(
-                        f"Received {signal.Signals(signum).name}: saved a checkpoint "
-                        f"at step {step}. Re-run the same command to resume."
+                        f"{received}: saved a checkpoint at step {step}. "
+                        "Re-run the same command to resume."
                     )
                     break
     finally:  # also on errors (NaN loss): pending saves finish, files close
@@ -394,7 +450,7 @@ def train_and_evaluate(
         "interrupted": interrupted,
     }
     if interrupted:
-        summary["signal"] = interrupt.signum
+        summary["signal"] = signum
     return summary
 
 
@@ -421,7 +477,10 @@ def cli() -> None:
         # A config error is one line and exit status 2, before any directory is written.
         config = config_utils.checked_config(config_flag, config_utils.validate)
         workdir = workdir_flag.value or default_workdir(flags.FLAGS["config"].config_filename)
-        summary = train_and_evaluate(config, workdir)
+        try:
+            summary = train_and_evaluate(config, workdir)
+        except CheckpointDiskFullError as e:  # one line, not Orbax's traceback
+            sys.exit(f"Error: {e}")
         acc = summary["test_accuracy"]
         acc_text = "n/a" if acc is None else f"{acc:.4f}"
         status = "Interrupted" if summary["interrupted"] else "Done"

@@ -17,6 +17,9 @@ mismatch is caught before training resumes. The per-leaf checksums catch a
 checkpoint whose bytes changed after it was written; ``restore()`` of the latest
 step then falls back to the previous good one, with a warning naming the bad
 step, and moves the bad one aside (``<step>.corrupt``) rather than deleting it.
+A save that never finished (the process was killed, the disk was full) leaves
+Orbax's ``<step>.orbax-checkpoint-tmp``; the next :class:`Checkpointer` moves it to
+``<step>.partial`` with a warning, before Orbax would delete it on saving that step again.
 
 The parts, one concept each:
 
@@ -29,12 +32,15 @@ The parts, one concept each:
 - :mod:`~archjax.checkpoint.errors`: the exceptions. A restore check raises
   :class:`CorruptCheckpointError` (the files are bad: fall back to an older step)
   or :class:`CheckpointMismatchError` (a different model: the caller's error);
-  both are :class:`CheckpointError` s.
+  a save that runs out of disk space raises :class:`CheckpointDiskFullError`, one
+  line with the directory, the free and the needed space. All are
+  :class:`CheckpointError` s.
 """
 
 from archjax.checkpoint.checksums import checksums
 from archjax.checkpoint.directories import claim_directory
 from archjax.checkpoint.errors import (
+    CheckpointDiskFullError,
     CheckpointError,
     CheckpointMismatchError,
     CheckpointWarning,
@@ -43,6 +49,7 @@ from archjax.checkpoint.errors import (
 from archjax.checkpoint.manager import Checkpointer
 
 __all__ = [
+    "CheckpointDiskFullError",
     "CheckpointError",
     "CheckpointMismatchError",
     "CheckpointWarning",

@@ -19,9 +19,9 @@ def leaves_by_path(tree: Any) -> dict[str, Any]:
 
 def _leaf_checksum(x: jax.Array) -> jax.Array:
     """A position-sensitive uint32 hash of a leaf's bits; exact, so sharding-independent."""
-    if x.dtype == jnp.bool_:  # masks (archjax.sparsity): bitcast refuses bool
-        x = x.astype(jnp.uint8)
-    if x.dtype.itemsize == 4:
+    if x.dtype == jnp.bool_:  # masks, optax.apply_if_finite's flag: bitcast refuses bool
+        bits = x.astype(jnp.uint32)
+    elif x.dtype.itemsize == 4:
         bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
     elif x.dtype.itemsize in (1, 2):
         unsigned = jnp.uint8 if x.dtype.itemsize == 1 else jnp.uint16

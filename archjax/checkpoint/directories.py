@@ -10,6 +10,9 @@ from jax.experimental import multihost_utils
 # Names orbax writes directly under a checkpoint directory (besides step directories).
 _OWN_FILES = ("_CHECKPOINT_METADATA", "_ROOT_METADATA")
 _CORRUPT_SUFFIX = ".corrupt"
+_PARTIAL_SUFFIX = ".partial"
+# Orbax's name for a step directory being written (orbax.checkpoint's TMP_DIR_SUFFIX).
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
 def claim_directory(path: str | os.PathLike, *, marker: str = ".archjax") -> str:
@@ -72,13 +75,42 @@ def set_aside(directory: str, step: int) -> str:
 
     Every process must call this (process 0 renames, the others wait for it).
     """
-    src = os.path.join(directory, str(step))
-    dst = src + _CORRUPT_SUFFIX
-    n = 1
-    while os.path.exists(dst):
-        dst, n = f"{src}{_CORRUPT_SUFFIX}.{n}", n + 1
-    if jax.process_index() == 0:
-        os.rename(src, dst)
+    dst = _rename_aside(os.path.join(directory, str(step)), str(step) + _CORRUPT_SUFFIX)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"archjax_set_aside_{step}")
+    return dst
+
+
+def set_aside_unfinished(directory: str) -> dict[str, str]:
+    """Renames Orbax's unfinished saves ``<step>.orbax-checkpoint-tmp`` to ``<step>.partial[.N]``.
+
+    A save cut short (kill -9, a full disk) leaves its temporary directory; Orbax
+    would delete it when that step is saved again. Every process must call this
+    (process 0 renames, the others wait for it).
+
+    Returns:
+      ``{old path: new path}`` of the directories moved.
+    """
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    unfinished = sorted(
+        n for n in names if n.endswith(_TMP_SUFFIX) and n[: -len(_TMP_SUFFIX)].isdigit()
+    )
+    moved = {}
+    for name in unfinished:
+        step = name[: -len(_TMP_SUFFIX)]
+        src = os.path.join(directory, name)
+        moved[src] = _rename_aside(src, step + _PARTIAL_SUFFIX)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("archjax_set_aside_unfinished")
+    return moved
+
+
+def _rename_aside(src: str, name: str) -> str:
+    """Process 0 renames ``src`` to ``name`` (``.N`` appended if taken) next to it."""
+    dst = os.path.join(os.path.dirname(src), name)
+    n = 1
+    while os.path.exists(dst):
+        dst, n = os.path.join(os.path.dirname(src), f"{name}.{n}"), n + 1
+    if jax.process_index() == 0:
+        os.rename(src, dst)
     return dst

@@ -13,5 +13,9 @@ class CheckpointMismatchError(CheckpointError):
     """The checkpoint is fine but holds a different state tree (a user error, not corruption)."""
 
 
+class CheckpointDiskFullError(CheckpointError):
+    """A save failed for lack of disk space; the earlier checkpoints are intact."""
+
+
 class CheckpointWarning(UserWarning):
     """A bad checkpoint was skipped in favour of an older one."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
+import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -14,8 +17,17 @@ import orbax.checkpoint as ocp
 
 from archjax.checkpoint import checks
 from archjax.checkpoint.checksums import resolve, start_checksums
-from archjax.checkpoint.directories import check_checkpoint_directory, set_aside
-from archjax.checkpoint.errors import CheckpointError, CheckpointWarning, CorruptCheckpointError
+from archjax.checkpoint.directories import (
+    check_checkpoint_directory,
+    set_aside,
+    set_aside_unfinished,
+)
+from archjax.checkpoint.errors import (
+    CheckpointDiskFullError,
+    CheckpointError,
+    CheckpointWarning,
+    CorruptCheckpointError,
+)
 
 
 class Checkpointer:
@@ -64,9 +76,18 @@ class Checkpointer:
             )
         self.directory = os.path.abspath(os.fspath(directory))
         check_checkpoint_directory(self.directory)
+        # Before Orbax sees them: it deletes an unfinished step when saving it again.
+        for src, dst in set_aside_unfinished(self.directory).items():
+            warnings.warn(
+                f"Checkpoint save {src} never finished (the process was killed or the disk "
+                f"was full); moved it to {dst} (not deleted).",
+                CheckpointWarning,
+                stacklevel=2,
+            )
         self.best_metric = best_metric
         # (step, device checksums) of saves whose checksums.json is not written yet.
         self._pending: list[tuple[int, Any]] = []
+        self._saving: tuple[int, int] | None = None  # (step, bytes) of the latest save
         policies = [ocp.checkpoint_managers.LatestN(n=max_to_keep)]
         if keep_best:
             policies.append(
@@ -139,21 +160,52 @@ class Checkpointer:
         if not (force or self._manager.should_save(step)):
             return False
         metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
-        self._write_checksums()  # of the previous save, long finished by now
+        with self._disk_full_reported():
+            self._write_checksums()  # of the previous save, long finished by now
         meta = {"config": config, "metrics": metrics}
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
         if data_state is not None:
             items["data"] = ocp.args.JsonSave(data_state)
         if self.best_metric and metrics is not None and self.best_metric not in metrics:
             raise ValueError(f"metrics {sorted(metrics)} lack best_metric {self.best_metric!r}.")
-        started = self._manager.save(
-            step, args=ocp.args.Composite(**items), metrics=metrics, force=force
-        )
+        self._saving = (step, sum(x.nbytes for x in jax.tree.leaves(state)))
+        with self._disk_full_reported():
+            started = self._manager.save(
+                step, args=ocp.args.Composite(**items), metrics=metrics, force=force
+            )
         if started:
             # Dispatched after Orbax's copy to host (on one device queue the copy would
             # wait for the hash) and not awaited: it runs while Orbax writes.
             self._pending.append((step, start_checksums(state)))
         return started
+
+    def reached_preemption(self, step: int) -> bool:
+        """Whether every process should save at ``step`` and stop (a preemption notice).
+
+        Orbax's view of the distributed runtime's preemption sync point: when any
+        process of a multi-process run gets SIGTERM, all of them agree on the first
+        step that none has passed, and this is true there on each. Every process
+        must call it after every step. Always ``False`` without ``jax.distributed``.
+        """
+        return self._manager.reached_preemption(step)
+
+    @contextlib.contextmanager
+    def _disk_full_reported(self) -> Iterator[None]:
+        """Turns Orbax's and TensorStore's "no space left" errors into one clear line."""
+        try:
+            yield
+        except Exception as e:
+            if not _is_disk_full(e):
+                raise
+            step, size = self._saving or (None, 0)
+            free = shutil.disk_usage(self.directory).free
+            intact = [s for s in self._manager.all_steps() if s != step]
+            raise CheckpointDiskFullError(
+                f"No space left on the device of {self.directory} to save step {step}: "
+                f"{_mib(free)} free, the state takes {_mib(size)} (uncompressed). "
+                f"Checkpoints {sorted(intact)} are intact; free some space, then re-run "
+                "to resume."
+            ) from e
 
     def _write_checksums(self) -> None:
         """Writes ``<step>/checksums.json`` for finished saves (atomically, process 0)."""
@@ -254,13 +306,17 @@ class Checkpointer:
 
     def wait_until_finished(self) -> None:
         """Blocks until background saves (and their checksums) are on disk."""
-        self._manager.wait_until_finished()
-        self._write_checksums()
+        with self._disk_full_reported():
+            self._manager.wait_until_finished()
+            self._write_checksums()
 
     def close(self) -> None:
         """Waits for pending saves and releases resources."""
-        self._write_checksums()
-        self._manager.close()
+        try:
+            with self._disk_full_reported():
+                self._write_checksums()
+        finally:
+            self._manager.close()
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -277,3 +333,19 @@ def _reason(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     line = re.sub(r"<bound method [^>]*>", "<spec>", lines[0] if lines else "")
     return f"{type(error).__name__}: {line}"[:300]
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` or a cause is ENOSPC (TensorStore reports it as a ValueError)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        text = str(error)
+        if "No space left on device" in text or f"os_error_code='{errno.ENOSPC}'" in text:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"

@@ -117,10 +117,12 @@ def create_optimizer(
     spike_clipping: bool = False,
     ema_decay: float = 0.0,
     ema_warmup: bool = True,
+    skip_nonfinite: int = 0,
 ) -> optax.GradientTransformation:
     """Builds a named optimizer and the recipe pieces around it.
 
-    The chain is ``[spike_clip] -> [agc] -> optimizer (state in state_bits) -> [ema]``.
+    The chain is ``[spike_clip] -> [agc] -> optimizer (state in state_bits) -> [ema]``,
+    wrapped in ``optax.apply_if_finite`` with ``skip_nonfinite``.
 
     Args:
       name: one of :func:`list_optimizers`: ``sgd`` (+Nesterov), ``adamw``, ``lars``,
@@ -138,6 +140,10 @@ def create_optimizer(
       spike_clipping: Stable-SPAM spike clipping (:func:`archjax.optim.spike_clip`).
       ema_decay: EMA of the parameters in the optimizer state (0 = off).
       ema_warmup: warm the EMA decay up (:func:`archjax.optim.ema_decay`).
+      skip_nonfinite: skip an update whose gradients hold a NaN or inf (no change to
+        the parameters or any optimizer state), up to this many in a row, after which
+        they are applied (``optax.apply_if_finite``; its state counts them in
+        ``total_notfinite``). 0 = off.
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -152,6 +158,8 @@ def create_optimizer(
         raise ValueError(f"state_bits must be one of {STATE_BITS}, got {state_bits!r}.")
     if agc_clipping < 0:
         raise ValueError(f"agc_clipping must be >= 0 (0 = off), got {agc_clipping}.")
+    if skip_nonfinite < 0:
+        raise ValueError(f"skip_nonfinite must be >= 0 (0 = off), got {skip_nonfinite}.")
     sched = create_schedule(
         schedule, learning_rate, num_steps=num_steps, warmup_steps=min(warmup_steps, num_steps - 1)
     )
@@ -166,4 +174,7 @@ def create_optimizer(
     parts.append(tx)
     if ema_decay:
         parts.append(ema_params(ema_decay, warmup=ema_warmup))
-    return parts[0] if len(parts) == 1 else optax.chain(*parts)
+    tx = parts[0] if len(parts) == 1 else optax.chain(*parts)
+    if skip_nonfinite:
+        tx = optax.apply_if_finite(tx, max_consecutive_errors=skip_nonfinite)
+    return tx

@@ -197,10 +197,18 @@ def make_train_step(
         grad_fn = accumulate_gradients(grad_fn, recipe.microbatches)
         (loss, aux), grads = grad_fn(state.params, inputs, rng)
         param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        batch_stats = aux["batch_stats"]
+        # An optimizer wrapped in optax.apply_if_finite (skip_nonfinite) skipped a
+        # non-finite update: the statistics of that forward pass are dropped with it.
+        finite = optax.tree_utils.tree_get(opt_state, "last_finite")
+        if finite is not None:
+            batch_stats = jax.tree.map(
+                lambda new, old: jnp.where(finite, new, old), batch_stats, state.batch_stats
+            )
         new_state = state.replace(
             step=state.step + 1,
             params=optax.apply_updates(state.params, param_updates),
-            batch_stats=aux["batch_stats"],
+            batch_stats=batch_stats,
             opt_state=opt_state,
         )
         metrics = {"loss": loss, "accuracy": aux["accuracy"], "grad_norm": optax.tree.norm(grads)}

@@ -58,6 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.spike_clipping = False  # Stable-SPAM spike-aware clipping before the optimizer
     c.ema_decay = 0.0  # EMA of parameters, used for evaluation (0 = off)
     c.ema_warmup = True
+    # Skip updates whose gradients are not finite, up to this many in a row (0 = off;
+    # optax.apply_if_finite); logged as skipped_updates.
+    c.skip_nonfinite_updates = 0
     c.sam_rho = 0.0  # sharpness-aware minimization radius (0 = off)
     c.sam_groups = 1  # m-sharpness: perturbations per batch (= data devices for per-device SAM)
     c.microbatches = 1  # gradient accumulation: micro-batches per step
