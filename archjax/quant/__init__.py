@@ -12,6 +12,7 @@ Numerics (formats, calibration, numerics, learned, cost) and the transform
 # --- numerics ---
 from archjax.quant.calibration import CALIBRATION_METHODS, QParams, calibrate
 from archjax.quant.cost import CostReport, LayerCost, report
+from archjax.quant.distill import batchnorm_gaps, batchnorm_input_stats, distill_calibration_data
 from archjax.quant.formats import (
     MXFP4,
     MXFP6_E2M3,
@@ -94,8 +95,11 @@ __all__ = [
     "PerTensor",
     "QParams",
     "TernaryFormat",
+    "batchnorm_gaps",
+    "batchnorm_input_stats",
     "calibrate",
     "dequantize",
+    "distill_calibration_data",
     "fake_quant",
     "lsq_fake_quant",
     "pact",
