@@ -149,11 +149,11 @@ def define(quick: bool = False) -> studies.Study:
         configs=studies.grid(seed=[0] if quick else [0, 1, 2]),
         trial=run_trial,
         fixed={
-            "width_multiplier": 0.25 if quick else 0.5,
+            "width_multiplier": 0.25,
             "schemes": ["w4a4"] if quick else list(SCHEMES),
-            "train_steps": 40 if quick else 400,
+            "train_steps": 40 if quick else 300,
             "calibration_size": 64,
-            "distill_steps": 20 if quick else 500,
+            "distill_steps": 20 if quick else 200,
             "sensitivity_layers": 1 if quick else 0,  # 0: every layer
         },
         objective="w4a4/distilled",
