@@ -108,7 +108,7 @@ def fit(rows):
     }
     mean = {k: v["mean"] for k, v in out.items()}
     best = lambda variant: max((v, k) for k, v in mean.items() if k.startswith(variant + "/"))
-    if "float" in mean and any(k.startswith("bwn/") for k in mean):
+    if "float" in mean and all(any(k.startswith(v + "/") for k in mean) for v in ("bwn", "xnor")):
         (bwn, bwn_k), (xnor, xnor_k) = best("bwn"), best("xnor")
         out["order_float>bwn>xnor"] = bool(mean["float"] > bwn > xnor)
         out["best"] = {"bwn": bwn_k, "xnor": xnor_k}

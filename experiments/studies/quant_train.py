@@ -10,6 +10,7 @@ variables in memory. Nothing is written to the trial's workdir.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import jax
@@ -82,6 +83,7 @@ def bar_plot(groups: dict[str, dict[str, float]], path: str, *, ylabel: str, tit
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     bars = list(dict.fromkeys(k for g in groups.values() for k in g))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * len(bars) / 2), 4))
     width = 0.8 / max(len(bars), 1)
