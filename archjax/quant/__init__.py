@@ -14,6 +14,7 @@ Numerics (formats, calibration, numerics, learned, cost) and the transform
 # --- numerics ---
 from archjax.quant.calibration import CALIBRATION_METHODS, QParams, calibrate, calibrate_tensor
 from archjax.quant.cost import CostReport, LayerCost, report
+from archjax.quant.distill import batchnorm_gaps, batchnorm_input_stats, distill_calibration_data
 from archjax.quant.formats import (
     MXFP4,
     MXFP6_E2M3,
@@ -96,9 +97,12 @@ __all__ = [
     "PerTensor",
     "QParams",
     "TernaryFormat",
+    "batchnorm_gaps",
+    "batchnorm_input_stats",
     "calibrate",
     "calibrate_tensor",
     "dequantize",
+    "distill_calibration_data",
     "fake_quant",
     "lsq_fake_quant",
     "pact",
