@@ -73,7 +73,6 @@ def train_trial(config: dict[str, Any], trial: studies.Trial) -> dict[str, Any]:
         channels=train_ds.image_shape[-1],
         batch_size=cfg.batch_size,
         steps=summary["steps"],
-        **kwargs,
     )
     return {
         "test_loss": summary["test_loss"],
