@@ -97,9 +97,10 @@ def plot(rows, curves, outdir):
 
 
 def define(quick: bool = False) -> studies.Study:
+    # Seed-major: a partial run holds whole seeds of every architecture.
     configs = [{**arch, "sam_rho": rho, "seed": seed}
-               for arch in architectures(quick).values()
-               for rho in (0.0, RHO) for seed in ([0] if quick else [0, 1, 2])]  # fmt: skip
+               for seed in ([0] if quick else [0, 1, 2])
+               for arch in architectures(quick).values() for rho in (0.0, RHO)]  # fmt: skip
     steps = 4 if quick else 300
     return studies.Study(
         name="sam" + ("_quick" if quick else ""),
