@@ -40,3 +40,11 @@ def test_quick_study_runs(tmp_path, capsys):
     assert main(["plot", SPEC, "--quick", *workdir]) == 0
     assert (tmp_path / "plots" / "error_edf.png").exists()
     assert (tmp_path / "plots" / "best_widths.png").exists()
+
+
+def test_anynet_point_needs_all_stage_knobs():
+    kw = {"stage_depths": (1, 2), "stage_widths": (16, 32), "stage_group_widths": (4, 8)}
+    config = models.create("regnetx_002", **kw).stage_config()
+    assert config.depths == (1, 2) and config.widths == (16, 32)
+    with pytest.raises(ValueError, match="must be given together"):
+        models.create("regnetx_002", **{**kw, "stage_widths": (16,)}).stage_config()
