@@ -108,7 +108,7 @@ def fit(rows):
     err = {
         s: np.array([t["error"] for t in table if t["space"] == s]) for s in ("AnyNetX", "RegNetX")
     }
-    out = {"failed": sum(r["state"] != "COMPLETE" for r in rows)}
+    out = {"failed": sum(r["state"] == "FAIL" for r in rows)}
     for s, e in err.items():
         out[s] = {"n": int(e.size), "best": float(e.min()), "median": float(np.median(e)),
                   "mean": float(e.mean()), "q25": float(np.quantile(e, 0.25))}  # fmt: skip

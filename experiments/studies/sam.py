@@ -64,7 +64,7 @@ def gains(rows) -> dict:
 
 
 def fit(rows):
-    result = {"rho": RHO, "failed": sum(r["state"] != "COMPLETE" for r in rows), **gains(rows)}
+    result = {"rho": RHO, "failed": sum(r["state"] == "FAIL" for r in rows), **gains(rows)}
     if "ResNet" in result:  # the claim: SAM helps the attention-free / conv-free models more
         for arch in ("ViT", "Mixer"):
             if arch in result:
