@@ -18,6 +18,7 @@ from archjax.models.regnet_space import (
     RegNetParams,
     generate_regnet,
     regnet_flops,
+    sample_anynet,
     sample_regnet,
 )
 from archjax.models.resnet import ResNet
@@ -39,6 +40,7 @@ __all__ = [
     "register",
     "register_converter",
     "regnet_flops",
+    "sample_anynet",
     "sample_regnet",
     "tiny_kwargs",
 ]

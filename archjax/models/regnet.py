@@ -102,6 +102,10 @@ class RegNet(nn.Module):
       width_multiplier: scales stem, stage and group widths after generation (width knob).
       num_classes: size of the classifier output.
       dtype: computation dtype; parameters are kept in float32.
+      stage_depths, stage_widths, stage_group_widths: an AnyNet point (paper Sec. 3.1,
+        e.g. from :func:`sample_anynet`): explicit per-stage blocks, widths and group
+        widths that replace the quantized linear rule (``depth``, ``w0``, ``wa``, ``wm``
+        and ``group_width`` are then unused). All three or none.
     """
 
     depth: int
@@ -115,10 +119,32 @@ class RegNet(nn.Module):
     width_multiplier: float = 1.0
     num_classes: int = 1000
     dtype: Any = jnp.float32
+    stage_depths: tuple[int, ...] | None = None
+    stage_widths: tuple[int, ...] | None = None
+    stage_group_widths: tuple[int, ...] | None = None
 
-    def stage_config(self) -> RegNetConfig:
-        """Per-stage depths, widths and group widths (after ``width_multiplier``)."""
-        params = RegNetParams(
+    def _generated(self) -> RegNetConfig:
+        stages = (self.stage_depths, self.stage_widths, self.stage_group_widths)
+        if all(s is None for s in stages):
+            return generate_regnet(self._params())
+        if any(s is None for s in stages) or len({len(s) for s in stages}) != 1:
+            raise ValueError(
+                "stage_depths, stage_widths and stage_group_widths must be given together "
+                f"with one entry per stage, got {stages}."
+            )
+        widths, groups = adjust_widths_groups(
+            tuple(self.stage_widths), tuple(self.stage_group_widths), self.bottleneck_ratio
+        )
+        return RegNetConfig(
+            depths=tuple(self.stage_depths),
+            widths=widths,
+            group_widths=groups,
+            bottleneck_ratio=self.bottleneck_ratio,
+            se_ratio=self.se_ratio,
+        )
+
+    def _params(self) -> RegNetParams:
+        return RegNetParams(
             depth=self.depth,
             w0=self.w0,
             wa=self.wa,
@@ -127,7 +153,10 @@ class RegNet(nn.Module):
             bottleneck_ratio=self.bottleneck_ratio,
             se_ratio=self.se_ratio,
         )
-        config = generate_regnet(params)
+
+    def stage_config(self) -> RegNetConfig:
+        """Per-stage depths, widths and group widths (after ``width_multiplier``)."""
+        config = self._generated()
         if self.width_multiplier == 1.0:
             return config
         if self.width_multiplier <= 0:

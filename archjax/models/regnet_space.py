@@ -269,3 +269,85 @@ def sample_regnet(
         f"No RegNet with {num_stages} stages and {lower_fraction} * {flops_budget:.3g} <= "
         f"flops <= {flops_budget:.3g} in {max_tries} draws; widen the ranges or the budget."
     )
+
+
+def sample_anynet(
+    key_or_seed: Any,
+    *,
+    flops_budget: float,
+    lower_fraction: float = 0.9,
+    image_size: int = 224,
+    num_classes: int = 1000,
+    num_stages: int = 4,
+    max_stage_depth: int = 16,
+    max_width: int = 1024,
+    group_widths: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
+    bottleneck_ratios: tuple[float, ...] = (1.0, 0.5, 0.25),
+    max_tries: int = 100_000,
+) -> RegNetConfig:
+    """Draws a random AnyNetX network whose FLOPs lie in ``[lower_fraction, 1] * flops_budget``.
+
+    The unconstrained space the paper starts from (Sec. 3.1): every stage ``i``
+    draws its own depth ``d_i <= 16``, width ``w_i <= 1024`` (a multiple of 8) and
+    group width ``g_i``, uniformly; one bottleneck ratio is shared by all stages
+    (the paper's AnyNetX_B, whose error distribution matches AnyNetX_A's). The
+    same rejection on :func:`regnet_flops` as :func:`sample_regnet`, so samples of
+    both spaces can share one FLOP range.
+
+    Args:
+      key_or_seed: a JAX PRNG key or an int seed; the same one gives the same network.
+      flops_budget: upper bound on multiply-adds.
+      lower_fraction: a sample must use at least this fraction of the budget.
+      image_size: resolution at which FLOPs are counted.
+      num_classes: classifier size used in the FLOP count.
+      num_stages: stages per network (4 in the paper).
+      max_stage_depth: largest ``d_i``.
+      max_width: largest ``w_i``.
+      group_widths: allowed ``g_i``.
+      bottleneck_ratios: allowed shared ``w_bottleneck / w``.
+      max_tries: give up after this many draws.
+
+    Returns:
+      A :class:`RegNetConfig`; build it with ``RegNet(..., stage_depths=cfg.depths,
+      stage_widths=cfg.widths, stage_group_widths=cfg.group_widths,
+      bottleneck_ratio=cfg.bottleneck_ratio)``.
+
+    Raises:
+      ValueError: bad arguments, or no sample met the budget within ``max_tries``.
+
+    Example:
+      >>> cfg = sample_anynet(0, flops_budget=400e6)
+      >>> 0.9 * 400e6 <= regnet_flops(cfg) <= 400e6
+      True
+    """
+    if flops_budget <= 0 or not 0 <= lower_fraction <= 1:
+        raise ValueError(
+            f"Need flops_budget > 0 and 0 <= lower_fraction <= 1, got {flops_budget}, "
+            f"{lower_fraction}."
+        )
+    if num_stages < 1 or max_stage_depth < 1 or max_width < 8:
+        raise ValueError(
+            f"Need num_stages >= 1, max_stage_depth >= 1 and max_width >= 8, got "
+            f"{num_stages}, {max_stage_depth}, {max_width}."
+        )
+    rng = _numpy_rng(key_or_seed)
+    for _ in range(max_tries):
+        ratio = float(rng.choice(bottleneck_ratios))
+        widths, groups = adjust_widths_groups(
+            tuple(8 * int(w) for w in rng.integers(1, max_width // 8 + 1, num_stages)),
+            tuple(int(g) for g in rng.choice(group_widths, num_stages)),
+            ratio,
+        )
+        config = RegNetConfig(
+            depths=tuple(int(d) for d in rng.integers(1, max_stage_depth + 1, num_stages)),
+            widths=widths,
+            group_widths=groups,
+            bottleneck_ratio=ratio,
+        )
+        flops = regnet_flops(config, image_size=image_size, num_classes=num_classes)
+        if lower_fraction * flops_budget <= flops <= flops_budget:
+            return config
+    raise ValueError(
+        f"No AnyNet with {lower_fraction} * {flops_budget:.3g} <= flops <= {flops_budget:.3g} "
+        f"in {max_tries} draws; widen the ranges or the budget."
+    )

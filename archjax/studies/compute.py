@@ -6,7 +6,7 @@ from typing import Any
 
 
 def training_compute(
-    model: str, *, image_size: int, channels: int, batch_size: int, steps: int, **create_kwargs: Any
+    model: Any, *, image_size: int, channels: int, batch_size: int, steps: int, **create_kwargs: Any
 ) -> dict[str, float]:
     """Parameters, FLOPs per example and total training FLOPs of ``steps`` steps.
 
@@ -15,7 +15,7 @@ def training_compute(
     the usual accounting of scaling-law papers (e.g. Kaplan et al. 2020).
 
     Args:
-      model: a registered model name.
+      model: a registered model name, or a built module (then no ``create_kwargs``).
       image_size: input height = width.
       channels: input channels.
       batch_size: examples per step.

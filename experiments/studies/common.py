@@ -16,7 +16,7 @@ from typing import Any
 
 import ml_collections
 
-from archjax import parallel, studies
+from archjax import models, parallel, studies
 from experiments.configs.default import get_config
 
 # Free-form dicts of the default config: their keys go to models.create / the dataset.
@@ -67,12 +67,12 @@ def train_trial(config: dict[str, Any], trial: studies.Trial) -> dict[str, Any]:
     kwargs = main_job.model_kwargs(cfg, train_ds.num_classes)
     kwargs.pop("dtype", None)  # FLOPs are counted in fp32
     compute = studies.training_compute(
-        cfg.model,
+        # The built module: a model knob named like an argument (ViT's image_size) reaches it.
+        models.create(cfg.model, **kwargs),
         image_size=cfg.image_size,
         channels=train_ds.image_shape[-1],
         batch_size=cfg.batch_size,
         steps=summary["steps"],
-        **kwargs,
     )
     return {
         "test_loss": summary["test_loss"],
