@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -151,6 +152,35 @@ def evaluate(eval_step, state, ds, *, batch_size: int, mesh) -> dict[str, float]
     return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n}
 
 
+def warm_start(state: TrainState, variables: dict[str, Any], tx) -> TrainState:
+    """``state`` with ``variables``' leaves at their paths, on the same devices; a fresh
+    optimizer state for the new parameters."""
+    flat = flax.traverse_util.flatten_dict
+    new = {"params": state.params, "batch_stats": state.batch_stats, **state.collections}
+    targets = flat(new)
+    given = flat({k: v for k, v in variables.items() if k in new})
+    unknown = sorted("/".join(k) for k in given if k not in targets)
+    if unknown:
+        raise ValueError(f"init_variables has leaves the model lacks: {unknown[:5]}")
+    for key, value in given.items():
+        old = targets[key]
+        if np.shape(value) != old.shape:
+            raise ValueError(
+                f"init_variables leaf {'/'.join(key)} has shape {np.shape(value)}; "
+                f"the model's is {old.shape}."
+            )
+        targets[key] = jax.device_put(jnp.asarray(value, old.dtype), old.sharding)
+    new = flax.traverse_util.unflatten_dict(targets)
+    params = new.pop("params")
+    opt_sharding = jax.tree.map(lambda x: x.sharding, state.opt_state)
+    return state.replace(
+        params=params,
+        batch_stats=new.pop("batch_stats", {}),
+        collections={**state.collections, **new},
+        opt_state=jax.jit(tx.init, out_shardings=opt_sharding)(params),
+    )
+
+
 def _check_finite(loss: float, step: int, config: ml_collections.ConfigDict, ckpt_dir: str):
     """Stops a diverged run with a message that says where and what to change."""
     if not np.isfinite(loss):
@@ -186,11 +216,15 @@ def train_and_evaluate(
     workdir: str,
     *,
     wrap_model: Callable[[Any], Any] | None = None,
+    init_variables: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint).
 
     ``wrap_model`` (optional) maps the created model to the one trained, e.g.
     ``lambda m: archjax.quant.quantize_model(m, rules)`` for quantization-aware training.
+    ``init_variables`` (optional) starts a fresh run from these variables instead of the
+    random init (a fine-tune, e.g. QAT of a trained float model): each of their leaves
+    replaces the leaf at the same path; leaves they lack (quantizer state) keep their init.
 
     Returns:
       A summary dict: ``test_accuracy``, ``test_loss``, ``steps``, ``wall_time``,
@@ -239,6 +273,8 @@ def train_and_evaluate(
         state = create_train_state(
             model, tx, rng=jax.random.key(config.seed), input_shape=input_shape, mesh=mesh
         )
+        if init_variables is not None:
+            state = warm_start(state, init_variables, tx)
     else:  # the latest good checkpoint; a corrupt one is reported and set aside
         target = abstract_train_state(model, tx, input_shape=input_shape, mesh=mesh)
         state, data_state = ckpt.restore(target)
