@@ -167,10 +167,16 @@ def plot(rows, curves, outdir: str) -> list[str]:
 
 
 def define(quick: bool = False) -> studies.Study:
-    seeds = [0] if quick else [0, 1, 2]
-    uniform, budgets = (["int4"], [4]) if quick else (list(UNIFORM), [4, 6, 8])
-    configs = studies.grid(scheme=uniform, seed=seeds)
-    configs += studies.grid(scheme=["mixed"], budget_bits=budgets, seed=seeds)
+    # Seed by seed, the 4-bit points first: a run cut short still has paired comparisons.
+    order = [("int4", None), ("mixed", 4)]
+    if not quick:
+        order = [("int4", None), ("fp4", None), ("mixed", 4), ("mixed", 6), ("int8", None),
+                 ("fp8", None), ("mixed", 8)]  # fmt: skip
+    configs = [
+        {"scheme": s, "seed": seed, **({"budget_bits": b} if b else {})}
+        for seed in ([0] if quick else [0, 1, 2])
+        for s, b in order
+    ]
     return studies.Study(
         name="fliqs" + ("_quick" if quick else ""),
         configs=configs,
