@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -193,6 +194,35 @@ def _check_finite(
     )
 
 
+def warm_start(state: TrainState, variables: dict[str, Any], tx) -> TrainState:
+    """``state`` with ``variables``' leaves at their paths, on the same devices; a fresh
+    optimizer state for the new parameters."""
+    flat = flax.traverse_util.flatten_dict
+    new = {"params": state.params, "batch_stats": state.batch_stats, **state.collections}
+    targets = flat(new)
+    given = flat({k: v for k, v in variables.items() if k in new})
+    unknown = sorted("/".join(k) for k in given if k not in targets)
+    if unknown:
+        raise ValueError(f"init_variables has leaves the model lacks: {unknown[:5]}")
+    for key, value in given.items():
+        old = targets[key]
+        if np.shape(value) != old.shape:
+            raise ValueError(
+                f"init_variables leaf {'/'.join(key)} has shape {np.shape(value)}; "
+                f"the model's is {old.shape}."
+            )
+        targets[key] = jax.device_put(jnp.asarray(value, old.dtype), old.sharding)
+    new = flax.traverse_util.unflatten_dict(targets)
+    params = new.pop("params")
+    opt_sharding = jax.tree.map(lambda x: x.sharding, state.opt_state)
+    return state.replace(
+        params=params,
+        batch_stats=new.pop("batch_stats", {}),
+        collections={**state.collections, **new},
+        opt_state=jax.jit(tx.init, out_shardings=opt_sharding)(params),
+    )
+
+
 class _Interrupt:
     """SIGINT/SIGTERM -> a stop at a step boundary that every process agrees on.
 
@@ -239,11 +269,15 @@ def train_and_evaluate(
     workdir: str,
     *,
     wrap_model: Callable[[Any], Any] | None = None,
+    init_variables: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint).
 
     ``wrap_model`` (optional) maps the created model to the one trained, e.g.
     ``lambda m: archjax.quant.quantize_model(m, rules)`` for quantization-aware training.
+    ``init_variables`` (optional) starts a fresh run from these variables instead of the
+    random init (a fine-tune, e.g. QAT of a trained float model): each of their leaves
+    replaces the leaf at the same path; leaves they lack (quantizer state) keep their init.
 
     Returns:
       A summary dict: ``test_accuracy``, ``test_loss``, ``steps``, ``wall_time``,
@@ -303,6 +337,9 @@ def train_and_evaluate(
             )
             if data_state is not None:
                 train_iter.set_state(data_state)
+
+        if init_variables is not None:
+            state = warm_start(state, init_variables, tx)
     else:  # the latest good checkpoint; a corrupt one is reported and set aside
         target = abstract_train_state(model, tx, input_shape=input_shape, mesh=mesh)
         state, data_state = ckpt.restore(target)

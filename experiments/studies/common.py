@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -50,12 +51,26 @@ def setup() -> None:
     parallel.initialize()
 
 
-def train_trial(config: dict[str, Any], trial: studies.Trial) -> dict[str, Any]:
-    """Trains ``config`` in ``trial.workdir``; test metrics, curve and compute accounting."""
+def train_trial(
+    config: dict[str, Any],
+    trial: studies.Trial,
+    *,
+    wrap_model: Callable[[Any], Any] | None = None,
+    init_variables: dict[str, Any] | None = None,
+    train_split: bool = False,
+) -> dict[str, Any]:
+    """Trains ``config`` in ``trial.workdir``; test metrics, curve and compute accounting.
+
+    ``wrap_model`` and ``init_variables`` go to the main job (QAT; a fine-tune from given
+    variables). ``train_split``: also ``train_loss`` / ``train_accuracy`` of the final model
+    on the un-augmented train split, evaluated like the test split (a generalization gap).
+    """
     from experiments import train as main_job  # JAX loads here, in the worker
 
     cfg = train_config(config)
-    summary = main_job.train_and_evaluate(cfg, trial.workdir)
+    summary = main_job.train_and_evaluate(
+        cfg, trial.workdir, wrap_model=wrap_model, init_variables=init_variables
+    )
     if summary["interrupted"]:  # preempted: leave the trial RUNNING-stale to be retried
         raise KeyboardInterrupt(f"trial {trial.number} interrupted by a signal")
     with open(os.path.join(trial.workdir, "metrics.jsonl")) as f:
@@ -74,7 +89,7 @@ def train_trial(config: dict[str, Any], trial: studies.Trial) -> dict[str, Any]:
         batch_size=cfg.batch_size,
         steps=summary["steps"],
     )
-    return {
+    metrics = {
         "test_loss": summary["test_loss"],
         "test_accuracy": summary["test_accuracy"],
         "steps": summary["steps"],
@@ -82,3 +97,12 @@ def train_trial(config: dict[str, Any], trial: studies.Trial) -> dict[str, Any]:
         "train_wall_time": summary["wall_time"],
         **compute,
     }
+    if train_split:
+        from experiments.quant import common as quant_common
+
+        model = quant_common.model_for(cfg, train_ds)
+        model = wrap_model(model) if wrap_model else model
+        variables = quant_common.final_variables(cfg, trial.workdir, model)
+        train = quant_common.evaluate(cfg, model, variables, train_ds)
+        metrics.update(train_loss=train["loss"], train_accuracy=train["accuracy"])
+    return metrics
