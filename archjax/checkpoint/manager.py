@@ -25,6 +25,7 @@ from archjax.checkpoint.directories import (
 from archjax.checkpoint.errors import (
     CheckpointDiskFullError,
     CheckpointError,
+    CheckpointMismatchError,
     CheckpointWarning,
     CorruptCheckpointError,
 )
@@ -290,6 +291,14 @@ class Checkpointer:
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # orbax raises many types for unreadable files
+            if "devices are different from the devices used to save" in str(e):
+                # Saved on other devices (another process count): the caller's target
+                # needs shardings for these devices; the files are fine.
+                raise CheckpointMismatchError(
+                    f"{path} was saved on other devices than this process has; restore into "
+                    "a target with shardings for them, e.g. abstract_train_state(..., "
+                    "mesh=archjax.parallel.make_mesh(...))."
+                ) from e
             raise CorruptCheckpointError(f"Could not read checkpoint {path}: {_reason(e)}") from e
         state = complete(restored["state"])
         checks.check_checksums(path, state)

@@ -10,7 +10,7 @@ import time
 import chex
 import pytest
 
-from archjax import models
+from archjax import models, parallel
 from archjax.checkpoint import Checkpointer
 from archjax.train import abstract_train_state
 from experiments import config_utils
@@ -38,7 +38,9 @@ def _final_state(workdir, config):
     train_ds_shape = (1, config.image_size, config.image_size, 1)
     model = models.create(config.model, num_classes=10, **config.model_kwargs.to_dict())
     tx = main_job.create_optimizer(config)
-    target = abstract_train_state(model, tx, input_shape=train_ds_shape)
+    # On this process's first device, whatever devices (or processes) saved it.
+    mesh = parallel.make_mesh(1)
+    target = abstract_train_state(model, tx, input_shape=train_ds_shape, mesh=mesh)
     with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
         return ckpt.restore(target)[0], ckpt.all_steps()
 

@@ -20,9 +20,9 @@ def test_fp8_quick(tmp_path, capsys):
     assert set(result) == {"resnet8", "vit"}
     for m in result.values():
         assert m["kurtosis_max"] >= 1.0 and m["max_over_std_max"] > 0  # kurtosis >= 1 always
-        for key in ("ptq/e2m5", "ptq/int8", "qat/e2m5", "qat/int8"):
+        for key in ("ptq/e4m3", "ptq/int8", "qat/e4m3", "qat/int8"):
             assert 0.0 <= m[key] <= 1.0
-        assert m["ptq_best_fp8"] == "e2m5" and "qat_best_fp8_minus_int8" in m
+        assert m["ptq_best_fp8"] == "e4m3" and "qat_best_fp8_minus_int8" in m
     assert main(["plot", STUDY, "--quick", *workdir]) == 0
     assert (tmp_path / "plots" / "fp8_ptq.png").exists()
     assert (tmp_path / "plots" / "fp8_qat.png").exists()
