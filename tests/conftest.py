@@ -52,3 +52,39 @@ TINY_RUN = dict(
     num_devices=1,
 )
 TINY_MODEL_KWARGS = dict(width_multiplier=0.25)
+
+# Scheduling. The suite runs on 2 workers, a test file's tests on one (`--dist loadfile`),
+# each worker taking the next file when it is free. Its wall time is at least that of the
+# worker that starts the last heavy file, so the heaviest files start first (longest
+# processing time first); the rest follow in collection order. pytest-xdist would
+# otherwise order files by their number of tests (`--no-loadscope-reorder` in
+# pyproject.toml turns that off), which put these one-test files last.
+# Seconds: one file's tests, measured on this project's 2-core machine on 2 workers.
+HEAVIEST_FIRST = {
+    "tests/parallel/test_multiprocess_preemption.py": 110,
+    "tests/experiments/test_main_job.py": 75,
+    "tests/notebooks/test_notebooks.py": 155,
+    "tests/quant/test_transform_registry.py": 119,
+    "tests/models/test_all_models.py": 78,
+    "tests/parallel/test_strategies.py": 74,
+    "tests/experiments/test_train.py": 69,
+    "tests/sparsity/test_registry.py": 53,
+    "tests/parallel/test_mesh_property.py": 45,
+    "tests/parallel/test_multiprocess.py": 32,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    import pathlib
+
+    import pytest
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    missing = [p for p in HEAVIEST_FIRST if not (root / p).is_file()]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py HEAVIEST_FIRST names missing files {missing}")
+    rank = {
+        root / p: i
+        for i, (p, _) in enumerate(sorted(HEAVIEST_FIRST.items(), key=lambda kv: -kv[1]))
+    }
+    items.sort(key=lambda item: rank.get(item.path, len(rank)))  # stable: the rest as collected
