@@ -7,13 +7,18 @@ _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=8".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The tests' programs are tiny and compile far longer than they run: LLVM's
-# optimisation level 0 halves XLA:CPU's compile time (measured: tests/studies/test_sam.py
-# with tests/train/test_step.py, 56 s -> 30 s; the whole suite 22 min -> 17 min on 2
-# cores), and the whole suite, bitwise comparisons included, passes at either level.
-# A test that trains for long (the main job's accuracy run) restores the default level.
-if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+# The tests' programs are tiny and compile far longer than they run, so XLA:CPU compiles
+# them fast rather than well: LLVM at optimisation level 0 and the classic elemental
+# emitters instead of the fusion emitters. Measured here on 2 cores: LLVM -O0 took
+# tests/studies/test_sam.py with tests/train/test_step.py from 56 s to 30 s (the whole
+# suite from 22 to 17 min); the classic emitters then took those two files with
+# tests/parallel/test_strategies.py from 276 s to 149 s. The whole suite, bitwise
+# comparisons included, passes either way. A test that trains for long (the main job's
+# accuracy run) drops them: at 300 steps the defaults are faster.
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+for _flag in TEST_XLA_FLAGS:
+    if _flag.split("=")[0] not in os.environ["XLA_FLAGS"]:
+        os.environ["XLA_FLAGS"] += f" {_flag}"
 # XLA:CPU sizes its thread pool as max(cores, devices); with 8 simulated devices on
 # 2 cores, an all-reduce can wait forever for a thread that never frees up when
 # steps are dispatched asynchronously. Spare threads avoid it (seen here: 3 of 3

@@ -17,6 +17,7 @@ import optax
 from archjax import models, parallel
 from archjax.checkpoint import Checkpointer
 from archjax.train import abstract_train_state
+from tests.conftest import TEST_XLA_FLAGS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -32,7 +33,7 @@ def test_two_processes_train_and_checkpoint_identically(tmp_path):
     address = f"127.0.0.1:{_free_port()}"
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
     # tests/conftest.py asked for 8 devices in this process; each worker has 4.
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env["XLA_FLAGS"] = " ".join(["--xla_force_host_platform_device_count=4", *TEST_XLA_FLAGS])
     worker = os.path.join(HERE, "multiprocess_worker.py")
     procs = [
         subprocess.Popen(

@@ -15,6 +15,7 @@ import time
 
 import chex
 
+from tests.conftest import TEST_XLA_FLAGS
 from tests.experiments.test_train import _final_state, _overrides_as_flags, tiny_config
 from tests.parallel.test_multiprocess import REPO, _free_port
 
@@ -30,10 +31,8 @@ def _launch(workdir: str) -> list[subprocess.Popen]:
     """Starts the main job as 2 processes of one jax.distributed run."""
     address = f"127.0.0.1:{_free_port()}"
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = (
-        f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS} "
-        "--xla_backend_optimization_level=0"  # as tests/conftest.py: tiny programs
-    )
+    devices = f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}"
+    env["XLA_FLAGS"] = " ".join([devices, *TEST_XLA_FLAGS])
     flags = [*_overrides_as_flags(**RUN), *(f"--config.{k}={v}" for k, v in MESH.items())]
     return [
         subprocess.Popen(
