@@ -51,6 +51,20 @@ def setup() -> None:
     parallel.initialize()
 
 
+# Compute accounting per (model, knobs, shapes) in this process: XLA counts the FLOPs of a
+# compiled forward pass, which trials of one model in a worker need not compile again.
+_COMPUTE: dict[tuple, dict[str, float]] = {}
+
+
+def _training_compute(model: str, kwargs: dict[str, Any], **shape: int) -> dict[str, float]:
+    """``studies.training_compute`` of ``models.create(model, **kwargs)``, once per process."""
+    key = (model, repr(sorted(kwargs.items())), *sorted(shape.items()))
+    if key not in _COMPUTE:
+        # The built module: a model knob named like an argument (ViT's image_size) reaches it.
+        _COMPUTE[key] = studies.training_compute(models.create(model, **kwargs), **shape)
+    return dict(_COMPUTE[key])
+
+
 def train_trial(
     config: dict[str, Any],
     trial: studies.Trial,
@@ -81,9 +95,9 @@ def train_trial(
     train_ds, _ = main_job.datasets(cfg)
     kwargs = main_job.model_kwargs(cfg, train_ds.num_classes)
     kwargs.pop("dtype", None)  # FLOPs are counted in fp32
-    compute = studies.training_compute(
-        # The built module: a model knob named like an argument (ViT's image_size) reaches it.
-        models.create(cfg.model, **kwargs),
+    compute = _training_compute(
+        cfg.model,
+        kwargs,
         image_size=cfg.image_size,
         channels=train_ds.image_shape[-1],
         batch_size=cfg.batch_size,

@@ -20,7 +20,8 @@ from __future__ import annotations
 from archjax import studies
 from experiments.studies import common, sparse_common
 
-STEPS, QUICK_STEPS = 100, 8
+# Quick: 4 steps, so the gradual schedule prunes at 3 steps (each target compiles a prune).
+STEPS, QUICK_STEPS = 100, 4
 ONE_SHOT = ("magnitude", "layer_magnitude", "snip", "random")
 GRADUAL = ("magnitude", "layer_magnitude")
 LABELS = {"magnitude": "global MP", "layer_magnitude": "layer-wise MP", "snip": "SNIP",

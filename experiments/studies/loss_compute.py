@@ -148,8 +148,10 @@ def define(quick: bool = False) -> studies.Study:
         "checkpoint_every": 200,
         "log_every": 50,
     }
-    if quick:
-        axes = {"model_kwargs.stage_sizes": [[1]], "model_kwargs.width_multiplier": [0.0625, 0.125]}
+    seeds = [0]
+    if quick:  # one model at two seeds: the second trial's programs come from the caches
+        axes = {"model_kwargs.stage_sizes": [[1]], "model_kwargs.width_multiplier": [0.0625]}
+        seeds = [0, 1]
         fixed.update(
             {"dataset_kwargs.num_examples": 128},
             image_size=8,
@@ -168,7 +170,7 @@ def define(quick: bool = False) -> studies.Study:
         fixed.update({"dataset_kwargs.num_examples": 4000}, num_steps=400, eval_every=50)
     return studies.Study(
         name="loss_compute" + ("_quick" if quick else ""),
-        configs=studies.grid(**axes, seed=[0]),
+        configs=studies.grid(**axes, seed=seeds),
         trial=train_trial_with_evals,
         check=common.check_train_config,
         setup=common.setup,

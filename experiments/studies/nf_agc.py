@@ -233,7 +233,8 @@ def define(quick: bool = False) -> studies.Study:
     kinds, batches, seeds, epochs = ("bn", "nf", "nf_agc"), [16, 128, 1024], [0, 1], 6
     if quick:
         arch = {"model_kwargs.stage_sizes": [1], "model_kwargs.width_multiplier": 0.0625}
-        spp = {"stage_sizes": [2, 1], "width_multiplier": 0.0625, "image_size": 16, "batch": 4}
+        # The probes run op by op (each new shape compiles): two one-block stages.
+        spp = {"stage_sizes": [1, 1], "width_multiplier": 0.0625, "image_size": 16, "batch": 4}
         kinds, batches, seeds, epochs = ("bn", "nf_agc"), [512], [0], 1
         fixed.update(image_size=8, warmup_steps=1, log_every=1)
     # Probes first (no compile); then one seed of every cell, largest batch first, so

@@ -26,7 +26,7 @@ ADAMW = {"optimizer": "adamw", "learning_rate": 3e-3, "weight_decay": 0.05}
 # A tiny main-job run for --quick (digits at 8 px, a quarter-width ResNet-8).
 QUICK = {"model": "resnet8", "model_kwargs.width_multiplier": 0.25, "image_size": 8,
          "batch_size": 32, "eval_batch_size": 128, "num_steps": 4, "log_every": 2,
-         "checkpoint_every": 2, "warmup_steps": 1, "num_devices": 1}  # fmt: skip
+         "checkpoint_every": 4, "warmup_steps": 1, "num_devices": 1}  # fmt: skip
 
 
 def fit(rows):

@@ -36,13 +36,15 @@ LEVELS = {
     "width": ("model_kwargs.width_multiplier", [0.1875, 0.25]),
     "resolution": ("image_size", [24, 32]),
 }
+# Quick: one stage (each of the four models compiles its own programs; fewer layers
+# compile faster), one level per strategy.
 QUICK_BASE = {
-    "model_kwargs.stage_sizes": [1, 1],
+    "model_kwargs.stage_sizes": [1],
     "model_kwargs.width_multiplier": 0.0625,
     "image_size": 8,
 }
 QUICK_LEVELS = {
-    "depth": ("model_kwargs.stage_sizes", [[2, 1]]),
+    "depth": ("model_kwargs.stage_sizes", [[2]]),
     "width": ("model_kwargs.width_multiplier", [0.125]),
     "resolution": ("image_size", [12]),
 }

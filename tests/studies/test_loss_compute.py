@@ -17,7 +17,7 @@ def test_quick_study_runs_fits_and_plots(tmp_path, capsys, monkeypatch):
     assert main(["fit", SPEC, "--quick", *workdir]) == 0
     with open(tmp_path / "fit.json") as f:
         result = json.load(f)
-    assert result["points"] == 8  # 2 models x 4 evaluations, each a (compute, loss) point
+    assert result["points"] == 8  # 2 trials x 4 evaluations, each a (compute, loss) point
     assert 1 <= result["frontier_points"] <= result["points"]
     assert result["fitted_on"] == ("frontier" if result["frontier_points"] >= 4 else "all points")
     lo, hi = result["intervals"]["b"]

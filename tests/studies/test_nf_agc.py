@@ -23,7 +23,7 @@ def test_quick_study_runs_fits_and_plots(tmp_path, capsys, monkeypatch):
     assert all(abs(e["learning_rate"] - 0.8) < 1e-12 for e in table.values())
     assert all(0 <= e["test_error"] <= 1 for e in table.values())
     spp = result["signal_propagation"]
-    assert set(spp) == {"bn", "nf", "plain"} and all(s["blocks"] == 3 for s in spp.values())
+    assert set(spp) == {"bn", "nf", "plain"} and all(s["blocks"] == 2 for s in spp.values())
     assert main(["plot", SPEC, "--quick", *workdir]) == 0
     out = capsys.readouterr().out
     assert "nf_agc_batch.png" in out and "nf_agc_signal_propagation.png" in out

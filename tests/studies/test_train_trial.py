@@ -1,7 +1,7 @@
 """One real trial of the main job on the engine: metrics, curve, compute, own workdir.
 
-Run through the CLI from the repository root: under pytest, ``experiments`` names
-tests/experiments, not the package the trial function lives in.
+Run in this process (tests/ is a package, so ``experiments`` is the repository's):
+no second process imports JAX and the main job again.
 """
 
 import os
@@ -9,12 +9,14 @@ import os
 import optuna
 
 from archjax import studies
+from archjax.studies.__main__ import main
 
-from .conftest import TOY, cli
+from .conftest import REPO, TOY
 
 
-def test_train_and_evaluate_trial(tmp_path):
-    cli("run", f"{TOY}:main_job", "--workdir", str(tmp_path), "--no-progress", timeout=600)
+def test_train_and_evaluate_trial(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main(["run", f"{TOY}:main_job", "--workdir", str(tmp_path), "--no-progress"]) == 0
     opt = optuna.load_study(study_name="main_job", storage=f"sqlite:///{tmp_path}/study.db")
     (row,) = studies.rows(opt)
     assert row["state"] == "COMPLETE", row["error"]
