@@ -15,6 +15,7 @@ layer finder), not by name.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -68,14 +69,13 @@ def calibrate_model(
         raise ValueError("calibrate_model needs a model returned by archjax.quant.quantize_model.")
     if num_batches is not None and num_batches < 1:
         raise ValueError(f"num_batches must be >= 1 or None, got {num_batches}.")
-    apply_kwargs = {"train": False, **apply_kwargs}
+    kwargs = tuple(sorted({"train": False, **apply_kwargs}.items()))
     variables = {k: v for k, v in unfreeze(dict(variables)).items() if k != QUANT_STATS}
-
-    @jax.jit
-    def step(variables, x):
-        _, updates = model.apply(variables, x, mutable=[QUANT_STATS], **apply_kwargs)
-        return {**variables, **unfreeze(updates)}
-
+    try:  # hashable model and kwargs: one compiled step for every call on this model
+        hash((model, kwargs))
+        step = functools.partial(_calibration_step, model, kwargs)
+    except TypeError:
+        step = jax.jit(functools.partial(_calibrate_batch, model, kwargs))
     count = 0
     for batch in batches:
         if num_batches is not None and count >= num_batches:
@@ -85,6 +85,17 @@ def calibrate_model(
     if count == 0:
         raise ValueError("calibrate_model got no batches.")
     return variables
+
+
+def _calibrate_batch(model: nn.Module, kwargs: tuple, variables, x):
+    """One calibration batch: ``quant_stats`` updated by ``model.apply``."""
+    _, updates = model.apply(variables, x, mutable=[QUANT_STATS], **dict(kwargs))
+    return {**variables, **unfreeze(updates)}
+
+
+# The model and kwargs are static: calibrating one model again (PTQ, then after QAT)
+# reuses the compiled step instead of tracing and compiling a new closure.
+_calibration_step = jax.jit(_calibrate_batch, static_argnums=(0, 1))
 
 
 def _find_conv_bn_pairs(model: nn.Module, variables: Variables, x: jax.Array, kwargs) -> list:

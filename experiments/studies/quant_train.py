@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from archjax import data
+from archjax.quant import unquantized
 from archjax.train import create_train_state, make_train_step
 
 
@@ -51,11 +52,16 @@ def train(
     """``steps`` Adam steps (cosine decay) of ``archjax.train.make_train_step``; the variables.
 
     ``init`` (e.g. a float model's variables, for QAT) replaces the fresh ``params`` and
-    ``batch_stats``; other collections (``quant_stats``) come from ``model.init``.
+    ``batch_stats``; the result then has no ``quant_stats`` (calibrate it afterwards).
     """
     tx = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
     key = jax.random.key(seed)
-    state = create_train_state(model, tx, rng=key, input_shape=(1, *x.shape[1:]))
+    # QAT from float variables: the state is the float model's. A quantized model without
+    # ``quant_stats`` quantizes activations with dynamic scales, as it does with the
+    # uncalibrated ``quant_stats`` of its own ``init`` (whose values it never reads), so
+    # the steps are the same; compiling that init (an MSE search per tensor) is not.
+    base = unquantized(model) if init is not None else model
+    state = create_train_state(base, tx, rng=key, input_shape=(1, *x.shape[1:]))
     if init is not None:
         state = state.replace(
             params=init["params"],
@@ -70,9 +76,16 @@ def train(
     return jax.device_get(state.variables())
 
 
+# The model is a static argument: a trial that evaluates one (hashable, frozen) module
+# several times (PTQ, then QAT) compiles its forward pass once.
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(model, variables, x):
+    return model.apply(variables, x, train=False)
+
+
 def accuracy(model, variables, x: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy of ``model.apply(variables, x, train=False)`` on the whole set."""
-    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, jnp.asarray(x))
+    logits = _logits(model, variables, jnp.asarray(x))
     return float(np.mean(np.asarray(logits).argmax(-1) == y))
 
 

@@ -61,8 +61,7 @@ def _model(config):
     )
 
 
-def _ptq(model, variables, rules, batch, x, y) -> float:
-    qmodel = quantize_model(model, rules)
+def _ptq(qmodel, variables, batch, x, y) -> float:
     return quant_train.accuracy(qmodel, calibrate_model(qmodel, variables, [batch]), x, y)
 
 
@@ -85,14 +84,13 @@ def run_trial(config, trial):
         gaps = batchnorm_gaps(model, variables, batch)
         out[f"bn_gap/{name}"] = float(np.mean([max(g.values()) for g in gaps.values()]))
     for scheme in config["schemes"]:
+        qmodel = quantize_model(model, SCHEMES[scheme])  # one model: its programs compile once
         for name in CALIBRATIONS:
-            out[f"{scheme}/{name}"] = _ptq(
-                model, variables, SCHEMES[scheme], batches[name], xte, yte
-            )
+            out[f"{scheme}/{name}"] = _ptq(qmodel, variables, batches[name], xte, yte)
     layers = report(model, [], (1, *xtr.shape[1:])).layers
     for layer in layers[: config["sensitivity_layers"] or len(layers)]:
         rules = [QuantRule(pattern=f"^{layer.path}$", weight=INT4, activation=A4)]
-        acc = _ptq(model, variables, rules, batches["real"], xte, yte)
+        acc = _ptq(quantize_model(model, rules), variables, batches["real"], xte, yte)
         out[f"layer_drop/{layer.path}"] = out["float"] - acc
         out[f"layer_params/{layer.path}"] = layer.params
     return out
