@@ -28,6 +28,11 @@ print("models:  ", archjax.models.list_models())
 print("datasets:", archjax.data.list_datasets())
 print("devices: ", jax.devices())
 
+# %% tags=["parameters"]
+# The budget of this run. The test suite runs the notebook on a toy budget: it inserts
+# a cell after this one (tagged "parameters", papermill's convention) that overrides it.
+NUM_STEPS = 300
+
 # %% [markdown]
 # ## 1. Data
 #
@@ -61,7 +66,6 @@ plt.show()
 # replicated, so the global batch size must be a multiple of the number of devices.
 
 # %%
-NUM_STEPS = 300
 BATCH_SIZE = 128  # global batch size: a multiple of the number of devices
 
 model = archjax.models.create("resnet8", num_classes=train_ds.num_classes, width_multiplier=0.5)

@@ -17,6 +17,11 @@ import numpy as np
 
 from archjax import models
 
+# %% tags=["parameters"]
+# The budget of this run. The test suite runs the notebook on a toy budget: it inserts
+# a cell after this one (tagged "parameters", papermill's convention) that overrides it.
+DEPTHS = [8, 20, 32, 44, 56]  # the depth sweep's CIFAR ResNets
+
 names = models.list_models()
 print(len(names), "models:", ", ".join(names))
 
@@ -50,9 +55,8 @@ print("logits", logits.shape, "| updated collections:", list(updates))
 # counts as 2 FLOPs) for depth 6n+2, with and without shortcuts.
 
 # %%
-depths = [8, 20, 32, 44, 56]
 rows = []
-for depth in depths:
+for depth in DEPTHS:
     stats = models.model_stats(f"resnet{depth}", image_size=32, num_classes=10)
     plain = models.count_params(
         models.create(f"resnet{depth}", residual=False, num_classes=10), (1, 32, 32, 3)
@@ -62,11 +66,11 @@ for depth in depths:
     print(f"resnet{depth:<3d} {kp:7.1f} k params (plain {plain / 1e3:7.1f} k) {mf:7.1f} MFLOPs")
 
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-ax1.plot(depths, [r[1] / 1e3 for r in rows], "o-", label="residual")
-ax1.plot(depths, [r[2] / 1e3 for r in rows], "s--", label="plain")
+ax1.plot(DEPTHS, [r[1] / 1e3 for r in rows], "o-", label="residual")
+ax1.plot(DEPTHS, [r[2] / 1e3 for r in rows], "s--", label="plain")
 ax1.set(xlabel="depth", ylabel="parameters (k)")
 ax1.legend()
-ax2.plot(depths, [r[3] / 1e6 for r in rows], "o-")
+ax2.plot(DEPTHS, [r[3] / 1e6 for r in rows], "o-")
 ax2.set(xlabel="depth", ylabel="MFLOPs at 32 px")
 fig.tight_layout()
 

@@ -21,6 +21,11 @@ import archjax.train
 from archjax import quant
 from archjax.quant import BinaryFormat, FloatFormat, IntFormat, QuantRule
 
+# %% tags=["parameters"]
+# The budget of this run. The test suite runs the notebook on a toy budget: it inserts
+# a cell after this one (tagged "parameters", papermill's convention) that overrides it.
+NUM_STEPS = 200
+
 # %% [markdown]
 # ## 1. A float model
 #
@@ -30,13 +35,13 @@ from archjax.quant import BinaryFormat, FloatFormat, IntFormat, QuantRule
 train_ds = archjax.data.get_dataset("digits", "train", image_size=16)
 test_ds = archjax.data.get_dataset("digits", "test", image_size=16)
 model = archjax.models.create("resnet8", num_classes=10, width_multiplier=0.5)
-tx = optax.sgd(optax.cosine_decay_schedule(0.1, 200), momentum=0.9, nesterov=True)
+tx = optax.sgd(optax.cosine_decay_schedule(0.1, NUM_STEPS), momentum=0.9, nesterov=True)
 input_shape = (1, *train_ds.image_shape)
 state = archjax.train.create_train_state(model, tx, rng=jax.random.key(0), input_shape=input_shape)
 recipe = archjax.train.Recipe(label_smoothing=0.1)
 step = jax.jit(archjax.train.make_train_step(model, tx, recipe=recipe))
 batches = archjax.data.train_iterator(train_ds, batch_size=128, seed=0, random_crop_pad=1)
-for _ in range(200):
+for _ in range(NUM_STEPS):
     state, metrics = step(state, next(batches))
 variables = state.variables()
 print(f"train loss {float(metrics['loss']):.3f}")

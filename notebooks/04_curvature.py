@@ -25,6 +25,14 @@ import archjax.parallel
 import archjax.train
 from archjax.quant import mixed
 
+# %% tags=["parameters"]
+# The budget of this run. The test suite runs the notebook on a toy budget: it inserts
+# a cell after this one (tagged "parameters", papermill's convention) that overrides it.
+NUM_STEPS = 120  # training steps
+NUM_PROBES = 16  # Hutchinson probes
+LANCZOS_STEPS = 20  # Lanczos steps for the top eigenvalues
+SLQ_STEPS, SLQ_RUNS = 30, 2  # spectral density: Lanczos steps per run, runs
+
 # %% [markdown]
 # ## 1. Train a small model
 #
@@ -32,7 +40,7 @@ from archjax.quant import mixed
 # data-parallel over every device (see the quickstart notebook for these pieces).
 
 # %%
-NUM_STEPS, BATCH_SIZE, LR = 120, 128, 0.1
+BATCH_SIZE, LR = 128, 0.1
 train_ds = archjax.data.get_dataset("digits", "train", image_size=8)
 model = archjax.models.create("resnet8", num_classes=10, width_multiplier=0.25)
 tx = archjax.optim.create_optimizer(
@@ -80,7 +88,7 @@ est = archjax.analysis.hutchinson_trace(
     params,
     full_data,
     key=jax.random.key(1),
-    num_probes=16,
+    num_probes=NUM_PROBES,
     subset=r"kernel$",
     stacked=True,
 )
@@ -91,7 +99,10 @@ mean_err = [est.per_layer_stderr[k] / est.num_params[k] for k in layers]
 fig, ax = plt.subplots(figsize=(8, 3.5))
 ax.bar(range(len(layers)), mean_trace, yerr=mean_err, capsize=3)
 ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=8)
-ax.set(ylabel="trace / #weights", title="Average Hessian trace per layer (Hutchinson, 16 probes)")
+ax.set(
+    ylabel="trace / #weights",
+    title=f"Average Hessian trace per layer (Hutchinson, {NUM_PROBES} probes)",
+)
 ax.grid(axis="y", alpha=0.3)
 plt.tight_layout()
 plt.show()
@@ -108,9 +119,11 @@ plt.show()
 
 # %%
 key = jax.random.key(2)
-top_mini = archjax.analysis.top_eigenvalues(loss_fn, params, minibatch, key=key, k=3, num_steps=20)
+top_mini = archjax.analysis.top_eigenvalues(
+    loss_fn, params, minibatch, key=key, k=3, num_steps=LANCZOS_STEPS
+)
 top_full = archjax.analysis.top_eigenvalues(
-    loss_fn, params, full_data, key=key, k=3, num_steps=20, stacked=True
+    loss_fn, params, full_data, key=key, k=3, num_steps=LANCZOS_STEPS, stacked=True
 )
 print("top-3, one batch of 128:", np.round(top_mini, 3))
 print("top-3, 2 batches (256): ", np.round(top_full, 3))
@@ -126,7 +139,13 @@ print(f"2 / lambda_max = {2 / top_full[0]:.3f} (peak learning rate used: {LR})")
 
 # %%
 sd = archjax.analysis.spectral_density(
-    loss_fn, params, full_data, key=jax.random.key(3), num_steps=30, num_runs=2, stacked=True
+    loss_fn,
+    params,
+    full_data,
+    key=jax.random.key(3),
+    num_steps=SLQ_STEPS,
+    num_runs=SLQ_RUNS,
+    stacked=True,
 )
 lo, hi = sd.nodes.min(), sd.nodes.max()
 pad = 0.05 * (hi - lo)

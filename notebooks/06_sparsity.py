@@ -36,6 +36,11 @@ import archjax.optim
 import archjax.sparsity as sp
 import archjax.train
 
+# %% tags=["parameters"]
+# The budget of this run. The test suite runs the notebook on a toy budget: it inserts
+# a cell after this one (tagged "parameters", papermill's convention) that overrides it.
+STEPS = 100  # training steps of every round
+
 # %% [markdown]
 # ## 1. The main job's model and optimizer, with a mask
 #
@@ -45,7 +50,7 @@ import archjax.train
 # (`first_last_rules`, the default).
 
 # %%
-STEPS, REWIND_STEP, BATCH = 100, 3, 64
+REWIND_STEP, BATCH = 3, 64
 train_ds = archjax.data.get_dataset("digits", "train", image_size=8)
 test_ds = archjax.data.get_dataset("digits", "test", image_size=8)
 model = archjax.models.create("resnet8", num_classes=10, width_multiplier=0.5)

@@ -4,11 +4,12 @@ Parameterized over the registry (issue 4, acceptance 4). As in
 tests/models/test_all_models.py, names whose tiny networks are identical share a
 test. Each group is
 
-- traced (``jax.eval_shape`` of the jitted init + train-mode forward + gradient): the
+- traced (``jax.jit(...).trace`` of init + train-mode forward + gradient): the
   transform intercepts every layer of every model with the rule and the gradient tree
   matches the parameters;
-- compiled (XLA backend optimization level 0, which halves CPU compile time) and run:
-  values and gradients are finite and reach the first layer and the head.
+- compiled (``tests.registry_groups.COMPILER_OPTIONS``: options that compile these
+  run-once programs fastest on CPU) and run: values and gradients are finite and reach
+  the first layer and the head.
 
 ``ARCHJAX_QUANT_ALL_MODELS=0`` compiles only one group per family and block type
 (``COMPILED``), for quick local runs; CI compiles every group.
@@ -24,7 +25,7 @@ import pytest
 
 import archjax.models as models
 from archjax.quant import IntFormat, QuantRule, layer_rules, quantize_model
-from tests.registry_groups import GROUPS
+from tests.registry_groups import COMPILER_OPTIONS, GROUPS
 from tests.registry_groups import tiny as _tiny
 
 W4A8 = [QuantRule(pattern=".*", weight=IntFormat(bits=4), activation=IntFormat(bits=8))]
@@ -75,8 +76,9 @@ def test_every_name_is_covered():
 def test_every_registered_model_quantized_w4a8(names):
     model = quantize_model(_tiny(names[0]), W4A8)
     key = jax.random.key(0, impl="rbg")
-    run = jax.jit(_run(model))
-    variables, value, logits, grads = jax.eval_shape(run, key)
+    # One trace serves the shape checks and the compile.
+    traced = jax.jit(_run(model)).trace(key)
+    variables, value, logits, grads = traced.out_info
     assert "quant_stats" in variables  # activation calibration state exists for every model
     chex.assert_shape(logits, (2, 5))
     chex.assert_trees_all_equal_shapes(grads, variables["params"])
@@ -85,7 +87,7 @@ def test_every_registered_model_quantized_w4a8(names):
     assert layers and all(rule is W4A8[0] for rule in layers.values())
     if not (ALL or COMPILED & set(names)):
         return
-    compiled = run.lower(key).compile(compiler_options={"xla_backend_optimization_level": 0})
+    compiled = traced.lower().compile(compiler_options=COMPILER_OPTIONS)
     variables, value, logits, grads = compiled(key)
     chex.assert_tree_all_finite((value, logits, grads))
     # The straight-through estimator lets gradient reach the first layer and the head.

@@ -9,6 +9,7 @@ block type (``COMPILED``, as in tests/quant/test_transform_registry.py);
 ``ARCHJAX_SPARSITY_ALL_MODELS=1`` runs every group.
 """
 
+import functools
 import os
 
 import chex
@@ -21,7 +22,7 @@ import pytest
 import archjax.models as models
 import archjax.sparsity as sp
 from archjax.train import abstract_train_state, make_train_step
-from tests.registry_groups import GROUPS
+from tests.registry_groups import COMPILER_OPTIONS, GROUPS
 from tests.registry_groups import tiny as _tiny
 
 X = jnp.zeros((2, 32, 32, 3))
@@ -33,12 +34,18 @@ COMPILED = {
 ALL = os.environ.get("ARCHJAX_SPARSITY_ALL_MODELS", "0") == "1"
 
 
+@functools.cache
+def _setup(names: tuple[str, ...]):
+    """The group's masked optimizer, train step and abstract train state (traced once)."""
+    model = _tiny(names[0])
+    all_kept = lambda p: jax.tree.map(jnp.isfinite, p)  # noqa: E731
+    tx = sp.keep_masked(optax.adamw(1e-2, weight_decay=0.1), all_kept)
+    return tx, make_train_step(model, tx), abstract_train_state(model, tx, input_shape=X.shape)
+
+
 def test_every_registered_model_gets_masks_abstractly():
     for names in GROUPS:
-        model = _tiny(names[0])
-        params = jax.eval_shape(lambda k, m=model: m.init(k, X, train=False), jax.random.key(0))[
-            "params"
-        ]
+        params = _setup(tuple(names))[2].params
         flags = sp.prunable(params)
         assert any(jax.tree.leaves(flags)), names
         ratios = sp.layer_sparsities(params, 0.9, prunable=flags, distribution="erk")
@@ -59,13 +66,11 @@ def test_every_name_is_covered():
 
 @pytest.mark.parametrize("names", GROUPS, ids=lambda g: "+".join(g))
 def test_every_registered_model_prunes_and_trains_a_step(names):
-    model = _tiny(names[0])
-    all_kept = lambda p: jax.tree.map(jnp.isfinite, p)  # noqa: E731
-    tx = sp.keep_masked(optax.adamw(1e-2, weight_decay=0.1), all_kept)
-    step = make_train_step(model, tx)
+    tx, step, abstract = _setup(tuple(names))
     batch = {"image": jax.random.normal(jax.random.key(1), X.shape), "label": jnp.array([0, 3])}
-    abstract = abstract_train_state(model, tx, input_shape=X.shape)
-    new, metrics = jax.eval_shape(step, abstract, batch)
+    # One trace serves the shape check and the compile.
+    traced = jax.jit(step).trace(abstract, batch)
+    new, metrics = traced.out_info
     chex.assert_trees_all_equal_shapes_and_dtypes(new, abstract)
     if not (ALL or COMPILED & set(names)):
         return
@@ -86,11 +91,7 @@ def test_every_registered_model_prunes_and_trains_a_step(names):
     flags = sp.prunable(state.params)
     mask = sp.global_magnitude(state.params, 0.8, prunable=flags)
     state = state.replace(opt_state=sp.set_mask(state.opt_state, mask))
-    compiled = (
-        jax.jit(step)
-        .lower(state, batch)
-        .compile(compiler_options={"xla_backend_optimization_level": 0})
-    )
+    compiled = traced.lower().compile(compiler_options=COMPILER_OPTIONS)
     new, metrics = compiled(state, batch)
     assert np.isfinite(float(metrics["loss"])), names
     pruned = [
