@@ -66,16 +66,16 @@ TINY_MODEL_KWARGS = dict(width_multiplier=0.25)
 # pyproject.toml turns that off), which put these one-test files last.
 # Seconds: one file's tests, measured on this project's 2-core machine on 2 workers.
 HEAVIEST_FIRST = {
-    "tests/parallel/test_multiprocess_preemption.py": 110,
-    "tests/experiments/test_main_job.py": 75,
-    "tests/notebooks/test_notebooks.py": 155,
-    "tests/quant/test_transform_registry.py": 119,
-    "tests/models/test_all_models.py": 78,
-    "tests/parallel/test_strategies.py": 74,
-    "tests/experiments/test_train.py": 69,
-    "tests/sparsity/test_registry.py": 53,
-    "tests/parallel/test_mesh_property.py": 45,
-    "tests/parallel/test_multiprocess.py": 32,
+    "tests/notebooks/test_notebooks.py": 115,
+    "tests/experiments/test_main_job.py": 92,
+    "tests/experiments/test_train.py": 81,
+    "tests/parallel/test_multiprocess_preemption.py": 78,
+    "tests/quant/test_transform_registry.py": 74,
+    "tests/studies/test_fp8.py": 59,
+    "tests/models/test_all_models.py": 45,
+    "tests/parallel/test_strategies.py": 44,
+    "tests/sparsity/test_registry.py": 42,
+    "tests/parallel/test_mesh_property.py": 28,
 }
 
 

@@ -8,14 +8,6 @@ gives its own group.
 
 import archjax.models as models
 
-# XLA:CPU options for the registry-wide programs: they are compiled once and run for
-# milliseconds, so compile time is all that counts. The classic elemental emitters
-# compile them 2-3x faster than the newer fusion emitters (measured, tiny dm_nfnet_f0:
-# gradient 5.4 s -> 2.2 s of CPU time, eval 1.4 s -> 0.8 s; regnetx_002's gradient
-# 3.2 s -> 1.2 s); level 0 is tests/conftest.py's LLVM level, repeated here so that a
-# run with other XLA_FLAGS compiles these programs the same way.
-COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
 
 def tiny(name: str):
     """The registered model ``name`` at its tiny size, with 5 classes."""

@@ -6,8 +6,6 @@ in depth, which the tiny size overrides) share one compiled test; the grouping i
 by the module's full repr, so any knob that differs gives its own test.
 """
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -15,7 +13,7 @@ import numpy as np
 import pytest
 
 import archjax.models as models
-from tests.registry_groups import COMPILER_OPTIONS, GROUPS
+from tests.registry_groups import GROUPS
 from tests.registry_groups import tiny as _tiny
 
 
@@ -32,11 +30,10 @@ def test_every_registered_model_trains_under_jit(names):
     # halves the compile time of the initializers on CPU (threefry: 7.4 s, rbg: 3.4 s for
     # tiny dm_nfnet_f0 here); which bits the initializers draw does not matter here.
     key = jax.random.key(0, impl="rbg")
-    jit = functools.partial(jax.jit, compiler_options=COMPILER_OPTIONS)
-    variables = jit(lambda k: model.init(k, x, train=False))(key)
+    variables = jax.jit(lambda k: model.init(k, x, train=False))(key)
     variables.setdefault("batch_stats", {})  # models without BatchNorm have none
 
-    @jit
+    @jax.jit
     def loss_and_grad(params, batch_stats):
         def loss(p):
             logits, updates = model.apply(
@@ -64,7 +61,7 @@ def test_every_registered_model_trains_under_jit(names):
                 strict=True,
             )
         )
-    eval_logits = jit(lambda v: model.apply(v, x, train=False))(variables)
+    eval_logits = jax.jit(lambda v: model.apply(v, x, train=False))(variables)
     chex.assert_shape(eval_logits, (2, 5))
     chex.assert_tree_all_finite(eval_logits)
     # Every family names its classifier "head"; it must receive gradient.

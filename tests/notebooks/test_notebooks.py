@@ -19,7 +19,6 @@ outputs of the full budget.
 from __future__ import annotations
 
 import ast
-import os
 import pathlib
 import sys
 
@@ -53,9 +52,6 @@ TOY_PARAMETERS = {
     },
     "06_sparsity": {"STEPS": 40},
 }
-# XLA:CPU's classic emitters compile the notebooks' small programs 2-3x faster than its
-# fusion emitters (see tests/registry_groups.py); the kernels inherit this flag.
-KERNEL_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
 
 
 def _ids(paths: list[pathlib.Path]) -> list[str]:
@@ -195,11 +191,10 @@ def test_parameters_cell_is_in_both_files(stem: str):
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=_ids(SOURCES))
-def test_notebook_runs(source: pathlib.Path, monkeypatch: pytest.MonkeyPatch):
+def test_notebook_runs(source: pathlib.Path):
     """Executes every cell of the source, on its toy budget, in order; any exception fails."""
     nb = _with_toy_parameters(jupytext.read(source), source.stem)
     nb.cells.insert(0, _interpreter_check_cell())
-    monkeypatch.setenv("XLA_FLAGS", f"{os.environ.get('XLA_FLAGS', '')} {KERNEL_XLA_FLAGS}")
     client = nbclient.NotebookClient(
         nb,
         km=_kernel_manager(),

@@ -11,9 +11,9 @@ regression test keeps the plain-JAX repro of docs/distributed.md: it says so
 and width (hypothesis) for a tiny ResNet and a tiny ViT and compares one step
 on every factorization of 8 devices with one device.
 
-Cost (the whole file is ~30 compiles): the programs are compiled with LLVM at
--O0 (``xla_backend_optimization_level=0``), which halves XLA:CPU compile time;
-the SPMD partitioning, where the bug lives, runs all the same. Initial states are
+Cost (the whole file is ~30 compiles): the programs are compiled with
+tests/conftest.py's fast-compile XLA flags (LLVM -O0, classic emitters); the SPMD
+partitioning, where the bug lives, runs all the same. Initial states are
 drawn on the host from the abstract state instead of compiling each model's init.
 One-device references and sharded runs are cached, so that examples repeating a
 shape reuse them.
@@ -35,7 +35,6 @@ from jax.sharding import PartitionSpec as P
 from archjax import models, parallel
 from archjax.train import abstract_train_state, jit_train_step, make_train_step, state_sharding
 
-COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 # Every (data, fsdp, model) with data * fsdp * model = 8.
 FACTORIZATIONS = [
     (d, f, 8 // (d * f)) for d in (1, 2, 4, 8) for f in (1, 2, 4, 8) if 8 % (d * f) == 0
@@ -108,7 +107,7 @@ def _run(model_key, mesh_shape, *, width, size, batch):
     split = {a for leaf in jax.tree.leaves(state.params) for a in leaf.sharding.spec if a}
     data = parallel.shard_batch(_batch(size, batch), mesh)
     step = jit_train_step(make_train_step(model, TX), mesh=mesh, state=state, rules=RULES)
-    new_state, metrics = step.lower(state, data).compile(COMPILER_OPTIONS)(state, data)
+    new_state, metrics = step(state, data)
     return jax.device_get(new_state), float(metrics["loss"]), split
 
 

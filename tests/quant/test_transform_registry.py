@@ -7,9 +7,8 @@ test. Each group is
 - traced (``jax.jit(...).trace`` of init + train-mode forward + gradient): the
   transform intercepts every layer of every model with the rule and the gradient tree
   matches the parameters;
-- compiled (``tests.registry_groups.COMPILER_OPTIONS``: options that compile these
-  run-once programs fastest on CPU) and run: values and gradients are finite and reach
-  the first layer and the head.
+- compiled (with tests/conftest.py's fast-compile XLA flags) and run: values and
+  gradients are finite and reach the first layer and the head.
 
 ``ARCHJAX_QUANT_ALL_MODELS=0`` compiles only one group per family and block type
 (``COMPILED``), for quick local runs; CI compiles every group.
@@ -25,7 +24,7 @@ import pytest
 
 import archjax.models as models
 from archjax.quant import IntFormat, QuantRule, layer_rules, quantize_model
-from tests.registry_groups import COMPILER_OPTIONS, GROUPS
+from tests.registry_groups import GROUPS
 from tests.registry_groups import tiny as _tiny
 
 W4A8 = [QuantRule(pattern=".*", weight=IntFormat(bits=4), activation=IntFormat(bits=8))]
@@ -87,7 +86,7 @@ def test_every_registered_model_quantized_w4a8(names):
     assert layers and all(rule is W4A8[0] for rule in layers.values())
     if not (ALL or COMPILED & set(names)):
         return
-    compiled = traced.lower().compile(compiler_options=COMPILER_OPTIONS)
+    compiled = traced.lower().compile()
     variables, value, logits, grads = compiled(key)
     chex.assert_tree_all_finite((value, logits, grads))
     # The straight-through estimator lets gradient reach the first layer and the head.

@@ -22,7 +22,7 @@ import pytest
 import archjax.models as models
 import archjax.sparsity as sp
 from archjax.train import abstract_train_state, make_train_step
-from tests.registry_groups import COMPILER_OPTIONS, GROUPS
+from tests.registry_groups import GROUPS
 from tests.registry_groups import tiny as _tiny
 
 X = jnp.zeros((2, 32, 32, 3))
@@ -91,7 +91,7 @@ def test_every_registered_model_prunes_and_trains_a_step(names):
     flags = sp.prunable(state.params)
     mask = sp.global_magnitude(state.params, 0.8, prunable=flags)
     state = state.replace(opt_state=sp.set_mask(state.opt_state, mask))
-    compiled = traced.lower().compile(compiler_options=COMPILER_OPTIONS)
+    compiled = traced.lower().compile()
     new, metrics = compiled(state, batch)
     assert np.isfinite(float(metrics["loss"])), names
     pruned = [
