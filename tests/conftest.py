@@ -66,15 +66,15 @@ TINY_MODEL_KWARGS = dict(width_multiplier=0.25)
 # pyproject.toml turns that off), which put these one-test files last.
 # Seconds: one file's tests, measured on this project's 2-core machine on 2 workers.
 HEAVIEST_FIRST = {
-    "tests/notebooks/test_notebooks.py": 115,
-    "tests/experiments/test_main_job.py": 92,
-    "tests/experiments/test_train.py": 81,
-    "tests/parallel/test_multiprocess_preemption.py": 78,
-    "tests/quant/test_transform_registry.py": 74,
-    "tests/studies/test_fp8.py": 59,
+    "tests/experiments/test_main_job.py": 106,
+    "tests/notebooks/test_notebooks.py": 97,
+    "tests/parallel/test_multiprocess_preemption.py": 63,
+    "tests/quant/test_transform_registry.py": 60,
+    "tests/experiments/test_train.py": 55,
     "tests/models/test_all_models.py": 45,
     "tests/parallel/test_strategies.py": 44,
     "tests/sparsity/test_registry.py": 42,
+    "tests/studies/test_fp8.py": 35,
     "tests/parallel/test_mesh_property.py": 28,
 }
 

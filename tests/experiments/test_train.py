@@ -93,11 +93,13 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
-def test_preemption_then_rerun_equals_uninterrupted_run(tmp_path, signum, uninterrupted):
+def test_preemption_then_rerun_equals_uninterrupted_run(tmp_path, signum, uninterrupted, capsys):
     """SIGTERM/SIGINT save a checkpoint at the current step and exit; SIGKILL (kill -9,
     at a random moment after the first checkpoint) loses the steps since the last one.
     Either way the re-run continues and ends bitwise equal to an uninterrupted run
-    (same seed; the data iterator position is part of the checkpoint)."""
+    (same seed; the data iterator position is part of the checkpoint). The interrupted
+    run is a real process; the re-run runs in this one, like the uninterrupted run, so
+    it reuses their compiled programs."""
     flags = _overrides_as_flags(**PREEMPT)
     workdir = str(tmp_path / "preempted")
     proc = _run_main(workdir, *flags, wait=False)
@@ -127,10 +129,10 @@ def test_preemption_then_rerun_equals_uninterrupted_run(tmp_path, signum, uninte
         assert "Interrupted: test accuracy n/a" in out
         assert 25 <= stopped_at < 150, steps
 
-    rerun = _run_main(workdir, *flags)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert f"Resuming from step {stopped_at}" in rerun.stdout
-    assert "Done: test accuracy" in rerun.stdout and "steps 150" in rerun.stdout
+    capsys.readouterr()
+    rerun = main_job.train_and_evaluate(config, workdir)
+    assert rerun["resumed_from"] == stopped_at and rerun["steps"] == 150, rerun
+    assert f"Resuming from step {stopped_at}" in capsys.readouterr().out
 
     resumed_state, _ = _final_state(workdir, config)
     chex.assert_trees_all_equal(resumed_state, uninterrupted)  # bitwise, delay={delay}
