@@ -8,10 +8,10 @@ programs, the other trials took under the test's polling interval here and the w
 study could finish before the kill landed.
 """
 
+import dataclasses
 import functools
 import time
 
-from archjax.studies import Study
 from experiments.studies import lr_batch
 
 PAUSE_S = 0.3  # after each trial: 16 trials last >= 4.8 s after the first compiles
@@ -31,11 +31,6 @@ def sgd(quick=False):
     """``lr_batch.define(quick)`` less its Adam and Hessian trials, under its own name."""
     study = lr_batch.define(quick)
     configs = [c for c in study.configs if c.get("optimizer") == "sgd"]
-    return Study(
-        **{
-            **study.__dict__,
-            "name": study.name + "_sgd",
-            "configs": configs,
-            "trial": _paused(study.trial),
-        }
+    return dataclasses.replace(
+        study, name=study.name + "_sgd", configs=configs, trial=_paused(study.trial)
     )
