@@ -35,6 +35,7 @@ import jax
 import ml_collections
 import optax
 
+from archjax import quant
 from archjax import sparsity as sp
 from archjax.checkpoint import Checkpointer
 from archjax.train import TrainState, abstract_train_state, state_sharding
@@ -120,9 +121,10 @@ def wrap_optimizer(config: ml_collections.ConfigDict, tx: optax.GradientTransfor
     return sp.keep_masked(tx, lambda params: jax.tree.map(lambda p: p == p, params))
 
 
-def _rules(config: ml_collections.ConfigDict):
+def _prunable(config: ml_collections.ConfigDict, params):
     s = config.sparsity
-    return sp.first_last_rules(prune_first=s.prune_first, prune_last=s.prune_last)
+    rules = sp.first_last_rules(prune_first=s.prune_first, prune_last=s.prune_last)
+    return sp.prunable(params, rules if s.prune_first or s.prune_last else None)
 
 
 def target_at(config: ml_collections.ConfigDict, step: int) -> float | None:
@@ -164,7 +166,7 @@ def make_mask_fn(config: ml_collections.ConfigDict, model):
         return jax.grad(loss)(params)
 
     def mask_fn(params, old, batch_stats, batch, target):
-        flags = sp.prunable(params, _rules(config) if s.prune_first or s.prune_last else None)
+        flags = _prunable(config, params)
         if s.method == "magnitude":
             return sp.global_magnitude(params, target, prunable=flags, mask=old)
         if s.method == "n_m":
@@ -205,6 +207,26 @@ def mask_of(state: TrainState) -> Any | None:
         return sp.get_mask(state.opt_state)
     except ValueError:
         return None
+
+
+def final_cost(config: ml_collections.ConfigDict, model, state: TrainState, input_shape) -> dict:
+    """What the final mask removes: ``{"sparsity", "macs_kept"}`` ({} for a dense run).
+
+    ``sparsity`` is the fraction of the prunable weights that are zero; ``macs_kept`` the
+    fraction of the forward pass's multiply-accumulates whose weight is kept (each layer's
+    MACs, as :func:`archjax.quant.report` counts them, scaled by its kernel's density), so
+    two masks of one sparsity can differ in the compute they save.
+    """
+    mask = mask_of(state)
+    if mask is None:
+        return {}
+    mask = jax.device_get(mask)
+    flags = _prunable(config, state.params)
+    report = quant.report(model, [], input_shape)  # no rules: 32 x 32 bits, BOPs ~ MACs
+    return {
+        "sparsity": sp.sparsity_of(mask, prunable=flags),
+        "macs_kept": sp.sparse_bops(report, mask) / report.bops,
+    }
 
 
 class LoopHooks:

@@ -488,6 +488,8 @@ def train_and_evaluate(
     }
     if interrupted:
         summary["signal"] = signum
+    elif pruning.enabled(config):
+        summary.update(pruning.final_cost(config, model, state, input_shape))
     return summary
 
 

@@ -110,6 +110,7 @@ def train_trial(
         "resumed_from": summary["resumed_from"],
         "train_wall_time": summary["wall_time"],
         **compute,
+        **{k: summary[k] for k in ("sparsity", "macs_kept") if k in summary},  # pruned runs
     }
     if train_split:
         from experiments.quant import common as quant_common

@@ -69,7 +69,7 @@ def plot(rows, curves, outdir):
 def define(quick: bool = False) -> studies.Study:
     steps = QUICK_STEPS if quick else STEPS
     widths, targets, seeds = (
-        ([0.25], [0.0, 0.9], [0]) if quick else ([0.25, 0.5, 1.0], [0.0, 0.9], [0, 1])
+        ([0.25], [0.0, 0.9], [0]) if quick else ([0.25, 0.5, 1.0, 2.0], [0.0, 0.5, 0.9], [0, 1, 2])
     )
     configs = [
         {"model_kwargs.width_multiplier": w, "sparsity.method": "random" if t else "none",

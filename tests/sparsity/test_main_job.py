@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import archjax.sparsity as sp
-from archjax import models
+from archjax import models, quant
 from archjax.checkpoint import Checkpointer
 from archjax.train import abstract_train_state
 from experiments import config_utils, pruning
@@ -90,6 +90,13 @@ def test_imp_rounds_rewind_bitwise_and_keep_old_zeros(tmp_path):
     chex.assert_trees_all_equal(start.batch_stats, early.batch_stats)
     final1 = _restore(str(tmp_path / "r1"), r1)
     assert _check_zeros(final1) == pytest.approx(_count(0.5, final1), abs=1e-12)
+    # The run's summary reports the final mask's sparsity and the forward MACs it keeps.
+    assert summary["sparsity"] == _check_zeros(final1)
+    model = models.create(r1.model, num_classes=10, **r1.model_kwargs.to_dict())
+    report = quant.report(model, [], (1, 8, 8, 1))
+    want = sp.sparse_bops(report, sp.get_mask(final1.opt_state)) / report.bops
+    assert summary["macs_kept"] == pytest.approx(want, rel=1e-12)
+    assert 0 < summary["macs_kept"] < 1
 
     # Round 2 as the lottery control: the next mask, from a fresh initialization.
     r2 = _config(method="magnitude", target=0.75, rewind="reinit", imp_from=str(tmp_path / "r1"))
