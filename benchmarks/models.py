@@ -36,6 +36,8 @@ from archjax.train import create_train_state, jit_train_step, make_train_step
 CASES = {
     "resnet50": ("resnet50", 224, 16),
     "resnet20": ("resnet20", 32, 128),
+    "vit_small_patch16_224": ("vit_small_patch16_224", 224, 16),
+    "vit_tiny_patch16_224": ("vit_tiny_patch16_224", 224, 16),
 }
 
 
