@@ -119,7 +119,8 @@ def gradients(rounds: int) -> None:
     want = routes["xla"](x, w, g)
     for name, fn in routes.items():  # all three compute the same gradients
         for a, b in zip(fn(x, w, g), want, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3, err_msg=name)
+            scale = float(np.abs(b).max())  # sums of 10^5 products: float32 rounding grows
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
     wt = torch.from_numpy(w.transpose(3, 2, 0, 1).copy()).requires_grad_()
     gt = torch.from_numpy(g.transpose(0, 3, 1, 2).copy())
