@@ -208,7 +208,7 @@ def define(quick: bool = False) -> studies.Study:
     if quick:
         widths, schemes, seeds, steps = [0.25], ["bf16", "int4"], [0], 3
     else:
-        widths, schemes, seeds, steps = [0.25, 0.5, 1.0, 2.0], list(SCHEMES), [0], 150
+        widths, schemes, seeds, steps = [0.25, 0.5, 1.0, 2.0], list(SCHEMES), [0, 1, 2], 150
     return studies.Study(
         name="quant_pareto" + ("_quick" if quick else ""),
         configs=studies.grid(**{WIDTH: widths}, scheme=schemes, seed=seeds),
