@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from archjax import compile_cache
+from archjax import compile_cache, studies
+from archjax.studies import runner
 
 # Enables the cache, compiles a tiny ResNet's init and forward pass, and prints how many of
 # the lookups hit the cache. The width multiplier is the model knob that the test changes.
@@ -81,3 +82,39 @@ def test_default_directory_follows_xdg_cache_home(monkeypatch, tmp_path):
 def test_bad_directory_names_the_problem():
     with pytest.raises(ValueError, match="compilation cache directory must be a path"):
         compile_cache.enable_compilation_cache(3)
+
+
+# A study whose trial reports how JAX's cache is configured in the worker that runs it.
+_STUDY = """
+from archjax import studies
+
+
+def report_cache(config, trial):
+    import jax
+
+    return {"enabled": float(jax.config.jax_enable_compilation_cache),
+            "dir": jax.config.jax_compilation_cache_dir or ""}
+
+
+def define(quick=False):
+    return studies.Study(name="cache_probe", configs=[{"i": 0}], trial=report_cache,
+                         objective="enabled")
+"""
+
+
+def test_study_workers_use_the_cache_unless_turned_off(tmp_path):
+    """On in spawned workers (``--workers 2``), off in the in-process worker (``''``)."""
+    spec = tmp_path / "probe.py"
+    spec.write_text(_STUDY)
+    study = studies.load(str(spec))
+    seen = {}
+    for name, workers, flag in (("on", 2, str(tmp_path / "cache")), ("off", 1, "")):
+        workdir = str(tmp_path / name)
+        cmd = [sys.executable, "-m", "archjax.studies", "run", str(spec), "--workdir", workdir,
+               "--workers", str(workers), "--compilation-cache-dir", flag]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        storage = studies.open_storage(studies.sqlite_url(workdir))
+        (seen[name],) = studies.rows(runner.load(study, storage))
+    assert seen["on"]["enabled"] == 1.0 and seen["on"]["dir"] == str(tmp_path / "cache")
+    assert seen["off"]["enabled"] == 0.0

@@ -13,6 +13,7 @@ named by ``--storage-file``, else SQLite in ``<workdir>/study.db``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -42,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=int, default=10, help="seconds between heartbeats")
     p.add_argument("--grace", type=int, default=60, help="seconds until a silent trial is stale")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between queue looks")
+    p.add_argument("--compilation-cache-dir", default=None,
+                   help="JAX's persistent compilation cache of the trials (default: "
+                        "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/archjax; '' = off)")  # fmt: skip
     p.add_argument("--out", help="output file (export) or directory (plot)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -83,9 +87,24 @@ def _open(args, url: str):
     return S.open_storage(url, heartbeat_interval=args.heartbeat, grace_period=args.grace)
 
 
+def _compilation_cache(args) -> None:
+    """Turns on JAX's persistent compilation cache in a worker (:mod:`archjax.compile_cache`).
+
+    Trials of one shape then compile once per machine, not once per trial and worker;
+    a study whose trials do not use JAX pays one import. Main-job trials set it again
+    from their config (``compilation_cache_dir``), which by default keeps this directory.
+    """
+    if importlib.util.find_spec("jax") is None:
+        return
+    from archjax import compile_cache
+
+    compile_cache.enable_compilation_cache(args.compilation_cache_dir)
+
+
 def _command(args, study: definition.Study, workdir: str, url: str) -> int:
     masked = S.mask_url(url)
     if args.command == "work":
+        _compilation_cache(args)
         if study.setup is not None:
             study.setup()
         main_process = True
@@ -111,6 +130,7 @@ def _command(args, study: definition.Study, workdir: str, url: str) -> int:
         if args.command == "init":
             return 0
         if args.workers == 1:
+            _compilation_cache(args)
             if study.setup is not None:
                 study.setup()
             runner.work(study, storage, workdir, poll_interval=args.poll,
@@ -165,6 +185,8 @@ def _spawn_workers(args, study, workdir: str, url: str) -> int:
            "--poll", str(args.poll), "--no-progress"]  # fmt: skip
     if args.quick:
         cmd.append("--quick")
+    if args.compilation_cache_dir is not None:
+        cmd += ["--compilation-cache-dir", args.compilation_cache_dir]
     procs = []
     for i in range(args.workers):
         env = dict(os.environ, **{S.ENV_STORAGE: url})
