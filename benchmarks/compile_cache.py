@@ -5,7 +5,8 @@ trials of one tiny model that differ only in the learning rate: the same program
 every trial. Its worker runs the trials one after another in one process, and each
 ``train_and_evaluate`` builds its jitted functions anew, so without the persistent
 cache every trial compiles them again. Each run below is a fresh process (the engine's
-CLI, a new workdir) with the main job's ``compilation_cache_dir`` set to
+CLI, a new workdir) with the engine's ``--compilation-cache-dir`` and the main job's
+``compilation_cache_dir`` set to
 
 - ``off``: "" (no persistent cache);
 - ``cold``: an empty cache directory (the first trial writes the entries);
@@ -65,7 +66,8 @@ def define(quick: bool = False) -> studies.Study:
 
 def _run(workdir: str, cache_dir: str, trials: int) -> float:
     env = {**os.environ, CACHE_ENV: cache_dir, TRIALS_ENV: str(trials)}
-    cmd = [sys.executable, "-m", "archjax.studies", "run", __file__, "--workdir", workdir]
+    cmd = [sys.executable, "-m", "archjax.studies", "run", __file__, "--workdir", workdir,
+           "--compilation-cache-dir", cache_dir]  # fmt: skip
     start = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
