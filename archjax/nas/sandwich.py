@@ -16,6 +16,13 @@ function because its objective is a sum over children with distillation targets,
 not the classifier loss that the one train step's recipes modify. BatchNorm running
 statistics follow the largest child only; re-estimate them per child before
 evaluating it (:func:`recalibrate`).
+
+Any supernet works: a Flax module called as ``net(x, child, train=...)`` whose
+``space`` has ``largest()``, ``smallest()``, ``encode(arch)`` (a child as arrays),
+``sample_encoding(key)`` (a random child, drawn on the device), ``num_classes`` and
+``extract`` (:class:`archjax.nas.ResNetSpace`, :class:`archjax.nas.ViTSpace`). Every
+child runs at the batch's resolution; a supernet without BatchNorm (the ViT) has
+empty ``batch_stats``.
 """
 
 from __future__ import annotations
@@ -23,37 +30,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from archjax.nas.supernet import Arch, ResNetSpace, SuperResNet, extract
+from archjax.nas.supernet import extract
 from archjax.train import TrainState
-
-
-def sample_encoding(space: ResNetSpace, key: jax.Array) -> dict[str, jax.Array]:
-    """A uniformly random child as the supernet's array inputs, drawn on the device."""
-    keys = jax.random.split(key, 3)
-    max_depth = max(max(c) for c in space.depths)
-    depths = jnp.stack(
-        [
-            jax.random.choice(k, jnp.asarray(c))
-            for k, c in zip(jax.random.split(keys[0], space.num_stages), space.depths, strict=True)
-        ]
-    )
-    widths = jnp.stack(
-        [
-            jax.random.choice(k, jnp.asarray(c))
-            for k, c in zip(jax.random.split(keys[1], space.num_stages), space.widths, strict=True)
-        ]
-    )
-    kernels = jax.random.choice(keys[2], jnp.asarray(space.kernels), (space.num_stages,))
-    gates = (jnp.arange(max_depth)[None, :] < depths[:, None]).astype(jnp.float32)
-    return {
-        "gates": gates,
-        "widths": widths.astype(jnp.int32),
-        "kernels": kernels.astype(jnp.int32),
-    }
 
 
 def _cosine(a, b) -> jax.Array:
@@ -62,7 +45,7 @@ def _cosine(a, b) -> jax.Array:
 
 
 def make_sandwich_step(
-    net: SuperResNet,
+    net: nn.Module,
     tx: optax.GradientTransformation,
     *,
     num_random: int = 2,
@@ -72,7 +55,7 @@ def make_sandwich_step(
     """The BigNAS supernet step ``(state, batch) -> (state, metrics)``.
 
     Args:
-      net: the supernet.
+      net: the supernet (:class:`archjax.nas.SuperResNet`, :class:`archjax.nas.SuperViT`).
       tx: the optimizer of ``state.opt_state``.
       num_random: random children per step besides the largest and the smallest.
       distill: train the other children on the largest one's predictions.
@@ -94,16 +77,18 @@ def make_sandwich_step(
     def step(state: TrainState, batch: dict[str, jax.Array]):
         images, labels = batch["image"], batch["label"]
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        randoms = [sample_encoding(space, k) for k in jax.random.split(key, num_random)]
+        randoms = [space.sample_encoding(k) for k in jax.random.split(key, num_random)]
         onehot = jax.nn.one_hot(labels, space.num_classes)
 
         def loss_of(params, child, targets):
-            variables = {"params": params, "batch_stats": state.batch_stats}
+            variables = {"params": params}
+            if state.batch_stats:
+                variables["batch_stats"] = state.batch_stats
             logits, updates = net.apply(
                 variables, images, child, train=True, mutable=["batch_stats"]
             )
             loss = optax.softmax_cross_entropy(logits, targets).mean()
-            return loss, (logits, updates["batch_stats"])
+            return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
         grad_fn = jax.value_and_grad(loss_of, has_aux=True)
         (loss, (logits, batch_stats)), grads = grad_fn(state.params, largest, onehot)
@@ -133,7 +118,7 @@ def make_sandwich_step(
 
 
 def recalibrate(
-    space: ResNetSpace, variables: Any, arch: Arch, batches: Iterable[Any], *, num_batches: int = 20
+    space: Any, variables: Any, arch: Any, batches: Iterable[Any], *, num_batches: int = 20
 ) -> tuple[Any, Any]:
     """The child ``arch`` extracted with BatchNorm statistics re-estimated on ``batches``
     (BigNAS recalibrates each child before evaluating it); ``(model, variables)``."""

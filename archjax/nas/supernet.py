@@ -133,6 +133,68 @@ class ResNetSpace:
                 f"arch.resolution = {arch.resolution} is not one of {self.resolutions}."
             )
 
+    def choices(self) -> dict[str, tuple[int, ...]]:
+        """The allowed values of each field of an :class:`Arch` (``widths[1]``: stage 2's
+        width); a search mutates these genes."""
+        out: dict[str, tuple[int, ...]] = {}
+        for name, per_stage in (("depths", self.depths), ("widths", self.widths)):
+            out.update({f"{name}[{i}]": tuple(c) for i, c in enumerate(per_stage)})
+        out.update({f"kernels[{i}]": tuple(self.kernels) for i in range(self.num_stages)})
+        out["resolution"] = tuple(self.resolutions)
+        return out
+
+    def cost(self, arch: Arch, *, channels: int = 3) -> dict[str, int]:
+        """Exact ``params`` and ``macs`` of the child (one image), counted from ``arch``.
+
+        ``macs`` is the shape count of papers (every output element of a convolution
+        costs ``k * k * cin`` multiply-adds, zero padding included, as
+        :func:`archjax.quant.report`), so no child is compiled to be costed.
+        """
+        self.check(arch)
+        size, cin = arch.resolution, channels
+        params = macs = 0
+
+        def conv(k, fan_in, fan_out, out_size):
+            nonlocal params, macs
+            params += k * k * fan_in * fan_out + 2 * fan_out  # + its BatchNorm scale/bias
+            macs += out_size * out_size * k * k * fan_in * fan_out
+
+        conv(3, cin, arch.widths[0], size)
+        cin = arch.widths[0]
+        for i in range(self.num_stages):
+            w, k = arch.widths[i], arch.kernels[i]
+            for j in range(arch.depths[i]):
+                stride = 2 if i > 0 and j == 0 else 1
+                size = -(-size // stride)
+                conv(k, cin, w, size)
+                conv(k, w, w, size)
+                if stride != 1 or cin != w:
+                    conv(1, cin, w, size)
+                cin = w
+        params += cin * self.num_classes + self.num_classes
+        macs += cin * self.num_classes
+        return {"params": params, "macs": macs}
+
+    def sample_encoding(self, key: jax.Array) -> dict[str, jax.Array]:
+        """A uniformly random child as the supernet's array inputs, drawn on the device
+        (the sandwich step's random children; the resolution is the batch's)."""
+        keys = jax.random.split(key, 3)
+
+        def pick(key, per_stage):
+            keys = jax.random.split(key, len(per_stage))
+            picks = zip(keys, per_stage, strict=True)
+            return jnp.stack([jax.random.choice(k, jnp.asarray(c)) for k, c in picks])
+
+        depths = pick(keys[0], self.depths)
+        gates = jnp.arange(max(max(c) for c in self.depths))[None, :] < depths[:, None]
+        return {
+            "gates": gates.astype(jnp.float32),
+            "widths": pick(keys[1], self.widths).astype(jnp.int32),
+            "kernels": jax.random.choice(
+                keys[2], jnp.asarray(self.kernels), (self.num_stages,)
+            ).astype(jnp.int32),
+        }
+
     def encode(self, arch: Arch) -> dict[str, jax.Array]:
         """The child as the supernet's array inputs (one compiled program for all)."""
         self.check(arch)
@@ -144,6 +206,10 @@ class ResNetSpace:
             "widths": jnp.asarray(arch.widths, jnp.int32),
             "kernels": jnp.asarray(arch.kernels, jnp.int32),
         }
+
+    def extract(self, variables: Any, arch: Arch) -> tuple[models.ResNet, Any]:
+        """See :func:`extract`."""
+        return _extract(self, variables, arch)
 
     def child(self, arch: Arch) -> models.ResNet:
         """The standalone registered model of ``arch`` (see :func:`extract`)."""
@@ -291,11 +357,12 @@ def _slice(path: tuple[str, ...], leaf: jax.Array, arch: Arch, space: ResNetSpac
     return leaf[lo : lo + k, lo : lo + k, :fan_in, :out]
 
 
-def extract(space: ResNetSpace, variables: Any, arch: Arch) -> tuple[models.ResNet, Any]:
-    """The child ``arch`` as a standalone registered ResNet and its own variables.
+def extract(space: Any, variables: Any, arch: Any) -> tuple[nn.Module, Any]:
+    """The child ``arch`` as a standalone registered model and its own variables.
 
     Args:
-      space: the supernet's space.
+      space: the supernet's space (:class:`ResNetSpace` or
+        :class:`archjax.nas.ViTSpace`: any space with an ``extract`` method).
       variables: the supernet's variables (``params``, ``batch_stats``).
       arch: the child (checked against ``space``).
 
@@ -303,9 +370,17 @@ def extract(space: ResNetSpace, variables: Any, arch: Arch) -> tuple[models.ResN
       ``(model, variables)``: ``model.apply(variables, x)`` equals the supernet's
       ``apply(variables, x, space.encode(arch))`` up to float summation order.
 
+    Raises:
+      ValueError: ``arch`` is not a child of ``space`` (the message names the field).
+
     Example:
       >>> model, child_vars = extract(space, supernet_vars, space.smallest())
     """
+    return space.extract(variables, arch)
+
+
+def _extract(space: ResNetSpace, variables: Any, arch: Arch) -> tuple[models.ResNet, Any]:
+    """:func:`extract` for the ResNet space: slicing and dropping gated-off blocks."""
     model = space.child(arch)
     out = {}
     for collection, tree in variables.items():
