@@ -19,6 +19,10 @@ packed in one byte.
 Encoding finds the nearest code without a search or a gather (see :func:`_encode`):
 the index follows from the map's construction (sign, decade, linear fraction), with
 ties and decade boundaries resolved exactly as "count the float32 midpoints below x".
+Decoding is a lookup in the code book. The new moment is normalized in its own shape
+(the absmax broadcast over it), which is what lets XLA:CPU write it once and fuse the
+encoder into its reader; the stored layout (codes and absmax per block of the flat
+tensor) and the codes themselves are the same as before that change, bit for bit.
 
 The wrapper is generic: :func:`quantize_state` takes any optax optimizer,
 dequantizes its state before ``update`` and re-quantizes the new state after,
@@ -213,7 +217,7 @@ def _encode(x: jax.Array, bits: int, signed: bool) -> jax.Array:
     """
     layout = _map_layout(bits, signed)
     if "decades" not in layout:  # the linear 4-bit map: midpoints (2i + 3) / 32 are exact
-        index = jnp.clip(jnp.ceil((x * 32 - 3) / 2), 0, layout["code"].size - 1)
+        index = jnp.clip(jnp.ceil((x * 32 - 3) * 0.5), 0, layout["code"].size - 1)
         return jnp.where(jnp.isnan(x), 0, index).astype(jnp.uint8)
     if signed:
         negative = x < 0
@@ -228,7 +232,7 @@ def _encode(x: jax.Array, bits: int, signed: bool) -> jax.Array:
     power, count, offset = _decade_constants(layout, above[1:])
     # Estimate of how many midpoints inside the decade lie below a (off by at most one,
     # always low: the margin 1/64 dwarfs the float32 error of the estimate).
-    k = jnp.clip(jnp.floor((a * power - 1) * count / 9 - 1 / 64), 0, count - 1)
+    k = jnp.clip(jnp.floor((a * power - 1) * count * (1 / 9) - 1 / 64), 0, count - 1)
     # The map's midpoint is (c_k + c_k+1) / 2 in float32; times 4 n_d (a power of two,
     # exact) that is the sum of the two scaled codes.
     twice_midpoint = _scaled_code(k, power, count) + _scaled_code(k + 1, power, count)
@@ -243,19 +247,54 @@ def _encode(x: jax.Array, bits: int, signed: bool) -> jax.Array:
 
 
 def _decode(codes: jax.Array, bits: int, signed: bool) -> jax.Array:
-    """The code-book entries at ``codes`` (uint8), computed arithmetically (no gather)."""
-    layout = _map_layout(bits, signed)
-    if "decades" not in layout:
-        return (codes.astype(jnp.float32) + 1) / layout["code"].size
-    index = codes.astype(jnp.float32)
-    neg = layout["num_negative"]
-    position = jnp.abs(index - neg)
-    above = [position >= o for o in layout["offsets"][1:]]
-    power, count, offset = _decade_constants(layout, above)
-    value = _scaled_code(position - offset, power, count) / (2 * count)
-    value = jnp.where(position == 0, 0.0, value)
-    value = jnp.where(position == layout["num_positive"] - 1, 1.0, value)
-    return jnp.where(index < neg, -value, value)
+    """The code-book entries at ``codes`` (uint8): a lookup in the 16- or 256-entry table.
+
+    On XLA:CPU the lookup, fused into the reader of the decoded moment, is faster than
+    computing the entry (a division and a chain of selects per value; measured in
+    docs/benchmarks.md); the linear 4-bit map is one exact multiply-add.
+    """
+    code = _code_book(bits, signed)
+    if bits == 4 and not signed:
+        return (codes.astype(jnp.float32) + 1) * (1 / code.size)  # (i + 1) / 16, exact
+    index = codes.astype(jnp.int32)
+    return jnp.asarray(code).at[index].get(mode="promise_in_bounds")  # uint8 < code.size
+
+
+def _block_view(shape: tuple[int, ...], block: int) -> tuple[tuple[int, ...], int] | None:
+    """How one scale per block broadcasts over ``shape`` along whole trailing axes.
+
+    Returns ``(scale_shape, repeat)``: either trailing axes whose product divides
+    ``block`` (a block is ``repeat`` consecutive sub-tensors, ``scale_shape`` the leading
+    axes) or a last axis that is a multiple of ``block`` (``scale_shape`` ends with the
+    blocks per row, ``repeat`` is 0); None where blocks straddle rows unevenly.
+    """
+    size, j = 1, len(shape)
+    while j > 0 and block % (size * shape[j - 1]) == 0:
+        size *= shape[j - 1]
+        j -= 1
+    if j < len(shape):
+        return tuple(shape[:j]), block // size
+    if shape and shape[-1] % block == 0:
+        return (*shape[:-1], shape[-1] // block), 0
+    return None
+
+
+def _broadcast_blocks(scale: jax.Array, shape: tuple[int, ...], block: int) -> jax.Array:
+    """``scale`` (one value per block) as an array of ``shape``, by a broadcast along
+    whole trailing axes where :func:`_block_view` finds one."""
+    view = _block_view(shape, block)
+    if view is None:
+        size = int(np.prod(shape, dtype=np.int64))
+        scale = jnp.ravel(jnp.broadcast_to(scale[:, None], (scale.size, block)))
+        return scale[:size].reshape(shape)
+    scale_shape, repeat = view
+    if repeat == 0:
+        scale = jnp.broadcast_to(scale.reshape(scale_shape)[..., None], (*scale_shape, block))
+        return scale.reshape(shape)
+    rows = int(np.prod(scale_shape, dtype=np.int64))
+    scale = jnp.ravel(jnp.broadcast_to(scale[:, None], (scale.size, repeat)))[:rows]
+    leading = tuple(range(len(scale_shape)))
+    return jax.lax.broadcast_in_dim(scale.reshape(scale_shape), shape, leading)
 
 
 # Jitted so that eager calls (``tx.init`` outside jit) compile once per shape; inside an
@@ -266,14 +305,20 @@ def _quantize(x, *, bits: int, signed: bool, block_size: int, barrier: bool = Tr
     # constant-folds the whole quantization, which takes minutes for a ResNet-50. The
     # update leaves it out (its moments are never constants): the barrier would write the
     # new moment to memory instead of fusing it into the absmax and the encoder.
-    flat = jnp.ravel(x).astype(jnp.float32)
+    x = x.astype(jnp.float32)
     if barrier:
-        flat = jax.lax.optimization_barrier(flat)
-    pad = -flat.size % block_size
-    blocks = jnp.pad(flat, (0, pad)).reshape(-1, block_size)
+        x = jax.lax.optimization_barrier(x)
+    pad = -x.size % block_size
+    blocks = jnp.pad(jnp.ravel(x), (0, pad)).reshape(-1, block_size)
     absmax = jnp.max(jnp.abs(blocks), axis=1)
-    normed = blocks / jnp.where(absmax > 0, absmax, 1.0)[:, None]
-    codes = _encode(normed, bits, signed)
+    divisor = jnp.where(absmax > 0, absmax, 1.0)
+    # The same divisions as blocks / absmax, in the moment's own shape: XLA:CPU then writes
+    # the new moment once and fuses the encoder into its reader; normalizing the
+    # [blocks, block_size] view of it instead makes XLA recompute the moment (and write the
+    # decoded old one) in every reader (docs/benchmarks.md, "Optimizer state").
+    codes = _encode(x / _broadcast_blocks(divisor, x.shape, block_size), bits, signed)
+    zero = _encode(jnp.zeros((), jnp.float32), bits, signed)  # the padding's code
+    codes = jnp.pad(jnp.ravel(codes), (0, pad), constant_values=zero).reshape(-1, block_size)
     if bits == 4:
         codes = codes[:, 0::2] | (codes[:, 1::2] << 4)
     return codes, absmax

@@ -6,7 +6,14 @@ import optax
 import pytest
 
 from archjax import models, optim
-from archjax.optim.quantized_state import _code_book, _decode, _encode
+from archjax.optim.quantized_state import (
+    _code_book,
+    _decade_constants,
+    _decode,
+    _encode,
+    _map_layout,
+    _scaled_code,
+)
 
 MAPS = [(8, True), (8, False), (4, True), (4, False)]
 
@@ -84,13 +91,27 @@ def test_round_trip_error_is_at_most_half_a_code_gap(bits, signed):
     assert rel < (0.004 if bits == 8 else 0.05), rel
 
 
-@pytest.mark.parametrize("bits,signed", MAPS)
-def test_decoder_equals_the_code_book_bit_for_bit(bits, signed):
+@pytest.mark.parametrize("bits,signed", [(8, True), (8, False), (4, True)])
+def test_scaled_codes_equal_the_code_book_bit_for_bit(bits, signed):
+    """The encoder's exact midpoint compare rebuilds each entry of a dynamic map from its
+    decade and rank (_scaled_code); every entry must come out bit for bit."""
+    layout = _map_layout(bits, signed)
     code = _code_book(bits, signed)
-    decoded = jax.jit(_decode, static_argnums=(1, 2))(
-        jnp.arange(code.size, dtype=jnp.uint8), bits, signed
-    )
+    positions = np.arange(1, layout["num_positive"] - 1)  # between 0 and 1
+    decade = np.searchsorted(layout["offsets"], positions, side="right") - 1
+    above = [jnp.asarray(decade >= d) for d in range(1, layout["decades"])]
+    power, count, offset = _decade_constants(layout, above)
+    entries = _scaled_code(positions - offset, power, count) / (2 * count)
+    expected = code[layout["num_negative"] + positions]
+    np.testing.assert_array_equal(np.asarray(entries).view(np.int32), expected.view(np.int32))
+
+
+@pytest.mark.parametrize("bits,signed", MAPS)
+def test_decoder_inverts_the_encoder(bits, signed):
+    code = _code_book(bits, signed)
+    decoded = _decode(jnp.arange(code.size, dtype=jnp.uint8), bits, signed)
     np.testing.assert_array_equal(np.asarray(decoded).view(np.int32), code.view(np.int32))
+    np.testing.assert_array_equal(np.asarray(_encode(decoded, bits, signed)), np.arange(code.size))
 
 
 @pytest.mark.parametrize("bits,signed", MAPS)
@@ -102,25 +123,48 @@ def test_encoder_equals_the_binary_search_bit_for_bit(bits, signed):
     old = jax.jit(lambda v: _binary_search_index(code, v))(x)
     assert new.dtype == jnp.uint8
     np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
+    finite = ~np.isnan(x)  # the numpy oracle of the tests below, checked here
+    np.testing.assert_array_equal(_search_index(code, x[finite]), np.asarray(old)[finite])
+
+
+def _search_index(code: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The binary search's answer for non-NaN ``x``: the float32 midpoints below ``x``."""
+    return np.searchsorted((code[1:] + code[:-1]) / 2, x, side="left").astype(np.uint8)
+
+
+def _reference_codes(x: np.ndarray, bits: int, signed: bool, block: int):
+    """quantize_blockwise as archjax computed it before issue 18 (oracle, in numpy): flat
+    blocks, absmax, normalize, nearest code, pack."""
+    block = min(block, x.size + x.size % 2)
+    flat = np.pad(np.ravel(x), (0, -x.size % block)).reshape(-1, block)
+    absmax = np.abs(flat).max(axis=1)
+    normed = flat / np.where(absmax > 0, absmax, np.float32(1))[:, None]
+    assert normed.dtype == np.float32
+    codes = _search_index(_code_book(bits, signed), normed)
+    if bits == 4:
+        codes = codes[:, 0::2] | (codes[:, 1::2] << 4)
+    return codes, absmax
+
+
+# Moment shapes that take each path of the quantizer: trailing axes dividing a block
+# (with and without a padded last block), rows holding whole blocks, blocks straddling
+# rows (the flat path), one block smaller than block_size.
+SHAPES = [(3, 3, 64, 64), (7, 7, 3, 64), (6, 4096), (300, 700), (1000,), (2, 3, 5)]
 
 
 @pytest.mark.parametrize("bits,signed", MAPS)
 def test_quantized_codes_equal_the_binary_search_codes(bits, signed):
     """Whole quantize_blockwise (absmax, normalize, encode, pack) on random moments."""
     block = 2048 if bits == 8 else 128
-    k1, k2 = jax.random.split(jax.random.key(bits))
-    scale = 10.0 ** jax.random.uniform(k2, (300, 700), minval=-6, maxval=0)
-    x = jax.random.normal(k1, (300, 700)) * scale
-    x = x if signed else x**2
-    q = optim.quantize_blockwise(x, bits=bits, signed=signed, block_size=block)
-    flat = np.pad(np.ravel(np.asarray(x)), (0, -x.size % block)).reshape(-1, block)
-    absmax = np.abs(flat).max(axis=1)
-    np.testing.assert_array_equal(np.asarray(q.absmax), absmax)
-    normed = flat / np.where(absmax > 0, absmax, 1.0)[:, None]
-    codes = np.asarray(_binary_search_index(_code_book(bits, signed), jnp.asarray(normed)))
-    if bits == 4:
-        codes = codes[:, 0::2] | (codes[:, 1::2] << 4)
-    np.testing.assert_array_equal(np.asarray(q.codes), codes)
+    for i, shape in enumerate(SHAPES):
+        k1, k2 = jax.random.split(jax.random.key(100 * bits + i))
+        scale = 10.0 ** jax.random.uniform(k2, shape, minval=-6, maxval=0)
+        x = jax.random.normal(k1, shape) * scale
+        x = np.asarray(x if signed else x**2)
+        q = optim.quantize_blockwise(x, bits=bits, signed=signed, block_size=block)
+        codes, absmax = _reference_codes(x, bits, signed, block)
+        np.testing.assert_array_equal(np.asarray(q.absmax), absmax, err_msg=str(shape))
+        np.testing.assert_array_equal(np.asarray(q.codes), codes, err_msg=str(shape))
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +213,36 @@ def test_quantized_adam_follows_fp32_adam(bits, use_jit):
     moved = float(jnp.mean(jnp.abs(ref_p["w"] - params["w"])))
     assert drift < (0.02 if bits == 8 else 0.25) * moved, (drift, moved)
     assert np.all(np.isfinite(np.asarray(q_p["w"])))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_update_codes_equal_the_reference_quantizer(bits):
+    """One jitted quantized-Adam step on random moments: the new codes and absmax are the
+    reference quantization of float32 Adam's new moments from the dequantized state."""
+    shapes = [(7, 7, 3, 64), (6, 4096), (300, 700)]  # rows (padded), whole blocks, flat
+    keys = jax.random.split(jax.random.key(bits), 2 * len(shapes))
+    params = {f"w{i}": jax.random.normal(keys[i], s) for i, s in enumerate(shapes)}
+    tx = optim.quantize_state(optax.adam(1e-3), bits=bits, min_size=1)
+    update = jax.jit(tx.update)
+    # A first update from zero moments gives random (quantized) moments to start from.
+    _, state = update(jax.tree.map(lambda p: p * 1e-3, params), jax.jit(tx.init)(params), params)
+    grads = {
+        k: jax.random.normal(keys[len(shapes) + i], p.shape) * 10.0 ** (i - 3)
+        for i, (k, p) in enumerate(params.items())
+    }
+    old = state.inner[0]
+    _, state = update(grads, state, params)
+    floats = old._replace(
+        mu={k: optim.dequantize_blockwise(q) for k, q in old.mu.items()},
+        nu={k: optim.dequantize_blockwise(q) for k, q in old.nu.items()},
+    )
+    _, (ref, _) = jax.jit(optax.adam(1e-3).update)(grads, (floats, optax.EmptyState()), params)
+    new = state.inner[0]
+    for field, signed in (("mu", True), ("nu", False)):
+        for k in params:
+            codes, absmax = _reference_codes(
+                np.asarray(getattr(ref, field)[k]), bits, signed, 2048 if bits == 8 else 128
+            )
+            q = getattr(new, field)[k]
+            np.testing.assert_array_equal(np.asarray(q.absmax), absmax, err_msg=field + k)
+            np.testing.assert_array_equal(np.asarray(q.codes), codes, err_msg=field + k)
