@@ -19,6 +19,7 @@ NET = nas.SuperViT(SPACE)
 
 
 @functools.cache
+@jax.jit
 def _variables():
     """Supernet variables with every parameter perturbed (LayerNorms and biases too)."""
     v = NET.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
