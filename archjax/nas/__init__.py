@@ -64,3 +64,4 @@ __all__ = [
     "swap",
     "synflow",
 ]
+from archjax.nas import single_path as single_path  # noqa: E402  (Single-Path NAS)
