@@ -74,7 +74,12 @@ HEAVIEST_FIRST = {
     "tests/models/test_all_models.py": 45,
     "tests/parallel/test_strategies.py": 44,
     "tests/sparsity/test_registry.py": 42,
+    "tests/studies/test_proxies.py": 45,
+    "tests/nas/test_supernet.py": 45,
+    "tests/nas/test_proxies.py": 40,
     "tests/studies/test_fp8.py": 35,
+    "tests/studies/test_bignas.py": 34,
+    "tests/nas/test_vit_supernet.py": 30,
     "tests/parallel/test_mesh_property.py": 28,
 }
 

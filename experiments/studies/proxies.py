@@ -53,8 +53,9 @@ def score_trial(config, trial):
     x, y, _, _ = quant_train.digits(regnet_space.IMAGE_SIZE)
     batch = {"image": x[: config["batch_size"]], "label": y[: config["batch_size"]]}
     scores = {name: [] for name in nas.PROXIES}
+    init = jax.jit(model.init)  # one program; eager init would compile op by op
     for seed in range(config["init_seeds"]):
-        variables = model.init(jax.random.key(seed), batch["image"][:1])
+        variables = init(jax.random.key(seed), batch["image"][:1])
         for name in nas.PROXIES:
             scores[name].append(nas.score(name, model, variables, batch))
     size = regnet_space.IMAGE_SIZE
