@@ -27,6 +27,7 @@ activations, a binary code in the same spirit.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -64,6 +65,29 @@ def _logits(model: nn.Module, variables, images, *, train: bool):
     return out[0] if train else out
 
 
+@functools.lru_cache(maxsize=64)
+def _gradient_program(model: nn.Module, kind: str) -> Callable:
+    """One jitted gradient program per (model, proxy kind): eager differentiation would
+    dispatch (and compile) every primitive on its own."""
+    if kind == "loss":
+
+        def grads(params, rest, images, labels):
+            def loss(p):
+                logits = _logits(model, {"params": p, **rest}, images, train=True)
+                return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+            return jax.grad(loss)(params)
+
+    else:  # synflow: the summed output with |w| on the given (all-ones) input
+
+        def grads(params, rest, images, labels):
+            del labels
+            total = lambda p: jnp.sum(_logits(model, {"params": p, **rest}, images, train=False))
+            return jax.grad(total)(params)
+
+    return jax.jit(grads)
+
+
 def _loss_grads(model, variables, batch):
     images, labels = _split(batch)
     if labels is None:
@@ -73,12 +97,7 @@ def _loss_grads(model, variables, batch):
         raise ValueError(f"labels of shape {labels.shape} do not match {images.shape[0]} images.")
     params = variables["params"]
     rest = {k: v for k, v in variables.items() if k != "params"}
-
-    def loss(p):
-        logits = _logits(model, {"params": p, **rest}, images, train=True)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-    return params, jax.grad(loss)(params)
+    return params, _gradient_program(model, "loss")(params, rest, images, labels)
 
 
 def grad_norm(model: nn.Module, variables, batch: Batch) -> float:
@@ -106,35 +125,42 @@ def synflow(model: nn.Module, variables, batch: Batch) -> float:
     params = jax.tree.map(jnp.abs, variables["params"])
     rest = {k: v for k, v in variables.items() if k != "params"}
     ones = jnp.ones_like(images)
-
-    def total(p):
-        return jnp.sum(_logits(model, {"params": p, **rest}, ones, train=False))
-
-    grads = jax.grad(total)(params)
+    grads = _gradient_program(model, "synflow")(params, rest, ones, None)
     terms = jax.tree.map(lambda w, g: jnp.sum(w * g), params, grads)
     return float(sum(jax.tree.leaves(terms)))
+
+
+@functools.lru_cache(maxsize=64)
+def _codes_program(model: nn.Module) -> Callable:
+    """One jitted program per model returning the sign of every kernel layer's input."""
+
+    def run(variables, images):
+        codes: list[jax.Array] = []
+
+        def record(next_fun, args, kwargs, context):
+            module = context.module
+            if (
+                context.method_name == "__call__"
+                and args
+                and isinstance(args[0], jax.Array)
+                and module.has_variable("params", "kernel")
+            ):
+                x = args[0]
+                codes.append((x > 0).reshape(x.shape[0], -1))
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(record):
+            _logits(model, variables, images, train=True)
+        return codes
+
+    return jax.jit(run)
 
 
 def activation_codes(model: nn.Module, variables, batch: Batch) -> np.ndarray:
     """``[B, units]`` booleans: the sign (> 0) of every input unit of each layer with a
     kernel after the first (see the module docstring), per example."""
     images, _ = _split(batch)
-    codes: list[jax.Array] = []
-
-    def record(next_fun, args, kwargs, context):
-        module = context.module
-        if (
-            context.method_name == "__call__"
-            and args
-            and isinstance(args[0], jax.Array)
-            and module.has_variable("params", "kernel")
-        ):
-            x = args[0]
-            codes.append((x > 0).reshape(x.shape[0], -1))
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(record):
-        _logits(model, variables, images, train=True)
+    codes = _codes_program(model)(variables, images)
     if len(codes) < 2:
         raise ValueError(
             f"{type(model).__name__} has {len(codes)} layer(s) with a kernel; "
