@@ -5,13 +5,14 @@ import functools
 import itertools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
 from archjax import models, nas, quant, studies
 from archjax.nas.search import _from_genes
+
+from .supernets import noisy_variables
 
 SPACE = nas.ResNetSpace(
     depths=((1, 2), (1, 2)), widths=((2, 4), (4, 8)), kernels=(1, 3), resolutions=(8,)
@@ -29,14 +30,7 @@ def _data():
 @functools.cache
 def _variables():
     """Supernet variables with non-trivial BatchNorm statistics and affine parameters."""
-    v = NET.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
-    leaves, tree = jax.tree.flatten(v)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    noisy = [
-        jnp.abs(x + 0.3 * jax.random.normal(k, x.shape)) if x.ndim == 1 else x
-        for x, k in zip(leaves, keys, strict=True)
-    ]
-    return jax.tree.unflatten(tree, noisy)
+    return noisy_variables(NET, (1, 8, 8, 1))
 
 
 @functools.cache

@@ -12,6 +12,8 @@ import pytest
 from archjax import models, nas, parallel
 from archjax.train import create_train_state, jit_train_step
 
+from .supernets import noisy_variables
+
 SPACE = nas.ResNetSpace(
     depths=((1, 2), (1, 2)), widths=((4, 8), (8, 16)), kernels=(3, 5), resolutions=(8,)
 )
@@ -21,14 +23,7 @@ NET = nas.SuperResNet(SPACE)
 @functools.cache
 def _variables():
     """Supernet variables with non-trivial BatchNorm statistics and affine parameters."""
-    v = NET.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
-    leaves, tree = jax.tree.flatten(v)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    noisy = [
-        jnp.abs(x + 0.3 * jax.random.normal(k, x.shape)) if x.ndim == 1 else x
-        for x, k in zip(leaves, keys, strict=True)
-    ]
-    return jax.tree.unflatten(tree, noisy)
+    return noisy_variables(NET, (1, 8, 8, 3))
 
 
 @functools.cache
