@@ -167,7 +167,9 @@ def define(quick: bool = False) -> studies.Study:
             "model_kwargs.stage_sizes": [[1, 1, 1, 1], [2, 2, 2, 2]],
             "model_kwargs.width_multiplier": [0.0625, 0.125, 0.25],
         }
-        fixed.update({"dataset_kwargs.num_examples": 4000}, num_steps=400, eval_every=50)
+        # 10000 images (and 10000 held out), ~26 epochs: the smallest model reaches ~50%
+        # accuracy at 3000 steps, still improving (400 steps on 4000 images stayed near chance).
+        fixed.update({"dataset_kwargs.num_examples": 10000}, num_steps=4000, eval_every=400)
     return studies.Study(
         name="loss_compute" + ("_quick" if quick else ""),
         configs=studies.grid(**axes, seed=seeds),
