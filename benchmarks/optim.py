@@ -5,11 +5,11 @@ The pytree is ResNet-50's parameters (``jax.eval_shape`` of archjax ``resnet50``
 ``optax.adam`` (float32 state) or ``archjax.optim.quantize_state(optax.adam, bits)``.
 Reported per variant: state bytes (summed over the real arrays) and bytes per
 parameter, and the median time of one jitted ``update + apply_updates`` with the
-gradients passed as an argument and the parameters and state donated, as a train
-step passes them (rounds interleaved
-across variants so that machine load hits all alike), with ratios to float32: wall
-time and the process's CPU time (all threads; on a shared machine the wall time also
-counts waiting for a core). The load average is printed before and after.
+gradients passed as an argument and the parameters and state donated, as a train step
+passes them (rounds interleaved across variants so that machine load hits all alike),
+with ratios to float32: wall time and the process's CPU time (all threads; on a shared
+machine the wall time also counts waiting for a core). The load average is printed
+before and after.
 
   taskset -c 1 python -m benchmarks.optim --rounds=5
 """
