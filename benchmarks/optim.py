@@ -5,10 +5,11 @@ The pytree is ResNet-50's parameters (``jax.eval_shape`` of archjax ``resnet50``
 ``optax.adam`` (float32 state) or ``archjax.optim.quantize_state(optax.adam, bits)``.
 Reported per variant: state bytes (summed over the real arrays) and bytes per
 parameter, and the median time of one jitted ``update + apply_updates`` with the
-gradients passed as an argument, as a train step passes them (rounds interleaved
-across variants so that machine load hits all alike), with ratios to float32: wall
-time and the process's CPU time (all threads; on a shared machine the wall time also
-counts waiting for a core). The load average is printed before and after.
+gradients passed as an argument and the parameters and state donated, as a train step
+passes them (rounds interleaved across variants so that machine load hits all alike),
+with ratios to float32: wall time and the process's CPU time (all threads; on a shared
+machine the wall time also counts waiting for a core). The load average is printed
+before and after.
 
   taskset -c 1 python -m benchmarks.optim --rounds=5
 """
@@ -16,6 +17,7 @@ counts waiting for a core). The load average is printed before and after.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 
@@ -60,13 +62,16 @@ def main(rounds: int = 5, steps: int = 3) -> None:
     for bits in (32, 8, 4):
         tx = _variant(bits)
 
-        @jax.jit
+        # The parameters and the state are donated, as a train step donates them: every
+        # variant may update its buffers in place.
+        @functools.partial(jax.jit, donate_argnums=(0, 1))
         def step(params, state, grads, tx=tx):
             updates, state = tx.update(grads, state, params)
             return optax.apply_updates(params, updates), state
 
         state = jax.jit(tx.init)(params)
-        p, state = step(params, state, grads)  # compile + first step
+        p = jax.tree.map(jnp.copy, params)  # donated below; params serves every variant
+        p, state = step(p, state, grads)  # compile + first step
         jax.block_until_ready(state)
         variants[bits] = {"step": step, "state": state, "params": p, "wall": [], "cpu": []}
     for _ in range(rounds):
