@@ -101,7 +101,9 @@ def define(quick: bool = False) -> studies.Study:
     configs = [{**arch, "sam_rho": rho, "seed": seed}
                for seed in ([0] if quick else [0, 1, 2])
                for arch in architectures(quick).values() for rho in (0.0, RHO)]  # fmt: skip
-    steps = 4 if quick else 300
+    # 1500 steps: at 300 the ViT without SAM was far from converged (72.6% test); at 1500
+    # it reaches 96.7% (one seed, chosen on the model without SAM alone).
+    steps = 4 if quick else 1500
     return studies.Study(
         name="sam" + ("_quick" if quick else ""),
         configs=configs,
