@@ -106,12 +106,7 @@ def make_sandwich_step(
         }
         if conflict:
             metrics["grad_cosine"] = _cosine(grads, grads_small)
-        new = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            batch_stats=batch_stats,
-            opt_state=opt_state,
-        )
+        new = state.apply_updates(updates, opt_state, batch_stats)
         return new, metrics
 
     return step

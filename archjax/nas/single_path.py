@@ -538,12 +538,7 @@ def make_search_step(
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
             "macs": total,
         }
-        new = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            batch_stats=batch_stats,
-            opt_state=opt_state,
-        )
+        new = state.apply_updates(updates, opt_state, batch_stats)
         return new, metrics
 
     return step

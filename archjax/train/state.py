@@ -51,6 +51,17 @@ class TrainState:
             variables["batch_stats"] = self.batch_stats
         return variables
 
+    def apply_updates(
+        self, updates: Any, opt_state: optax.OptState, batch_stats: Any
+    ) -> TrainState:
+        """The state one optimizer step later: ``updates`` added to the parameters."""
+        return self.replace(
+            step=self.step + 1,
+            params=optax.apply_updates(self.params, updates),
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+        )
+
     @classmethod
     def from_variables(cls, variables: dict[str, Any]) -> TrainState:
         """An evaluation-only state at step 0 that holds ``variables`` (no optimizer state).

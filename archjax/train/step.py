@@ -205,12 +205,7 @@ def make_train_step(
             batch_stats = jax.tree.map(
                 lambda new, old: jnp.where(finite, new, old), batch_stats, state.batch_stats
             )
-        new_state = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, param_updates),
-            batch_stats=batch_stats,
-            opt_state=opt_state,
-        )
+        new_state = state.apply_updates(param_updates, opt_state, batch_stats)
         metrics = {"loss": loss, "accuracy": aux["accuracy"], "grad_norm": optax.tree.norm(grads)}
         return new_state, metrics
 
