@@ -16,7 +16,11 @@ def test_full_configs_are_valid_main_job_overrides():
     study = plain_residual.define(quick=False)
     assert len(study.configs) == 30  # (3 ResNets x plain/residual + 4 VGGs) x 3 seeds
     for config in study.configs:
-        common.check_train_config(study.full_config(config))
+        full = study.full_config(config)
+        common.check_train_config(full)
+        # The learning rates chosen on the baselines: He et al.'s 0.1, VGG-11's best 0.03.
+        assert full["learning_rate"] == (0.03 if config["model"].startswith("vgg") else 0.1)
+        assert full["dataset"] == "shapes" and full["num_steps"] == 1000
 
 
 def test_quick_pipeline(tmp_path, capsys, monkeypatch):
@@ -30,6 +34,7 @@ def test_quick_pipeline(tmp_path, capsys, monkeypatch):
         table = json.load(f)["table"]
     assert [(e["family"], e["depth"]) for e in table] == [("plain", 8), ("residual", 8)]
     assert all(0 <= e["train_error"] <= 1 and e["params"] > 0 for e in table)
+    assert all(0 <= e["train_error_running"] <= 1 for e in table)
     assert table[0]["params"] < table[1]["params"]  # the residual net has projection shortcuts
     assert main(["plot", spec, "--quick", *workdir]) == 0
     assert (tmp_path / "plots" / "error_vs_depth.png").exists()
