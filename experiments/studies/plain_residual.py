@@ -14,7 +14,8 @@ second plain family, each over several seeds; the trial is the main job
 10000 training images), 1000 steps. Training error is the final model's error on its
 own un-augmented training images (BatchNorm in eval mode); the running error of the
 last ``log_every`` training steps (BatchNorm in training mode), as He et al. plot it,
-is reported beside it.
+is reported beside it, with the steps each net spends on the chance plateau (its
+running accuracy below twice chance) before it starts to learn.
 
 The budget was chosen on the baselines alone, before any deeper net ran (one seed):
 residual ResNet-20 at 16 px ends at 12.4% training error (not at a floor, so deeper
@@ -39,19 +40,30 @@ DEPTH = {"resnet8": 8, "resnet20": 20, "resnet32": 32, "resnet56": 56, "vgg11_bn
          "vgg13_bn": 13, "vgg16_bn": 16, "vgg19_bn": 19}  # fmt: skip
 
 
+# A net "leaves the chance plateau" at the first train-log step whose running accuracy is
+# at least twice chance (the study's 10 classes: 0.2).
+PLATEAU_ACCURACY = 0.2
+
+
 def train_error_trial(config, trial):
-    """The main job, plus the final model's error on the training images and the
-    running training loss and error of its last train-log window."""
+    """The main job, plus the final model's error on the training images, the running
+    training loss and error of its last train-log window, and the steps it spent on the
+    chance plateau (``plateau_steps``: the first train-log step at twice chance accuracy,
+    the whole run if never; ``left_plateau``: 1 if it got there)."""
     metrics = dict(common.train_trial(config, trial, train_split=True))
-    last = None
+    records = []
     with open(os.path.join(trial.workdir, "metrics.jsonl")) as f:
         for line in f:
             record = json.loads(line)
             if record["split"] == "train":
-                last = record
+                records.append(record)
+    last = records[-1]
+    left = [r["step"] for r in records if r["accuracy"] >= PLATEAU_ACCURACY]
     metrics["train_error"] = 1.0 - metrics["train_accuracy"]
     metrics["train_loss_running"] = last["loss"]
     metrics["train_error_running"] = 1.0 - last["accuracy"]
+    metrics["plateau_steps"] = left[0] if left else last["step"]
+    metrics["left_plateau"] = int(bool(left))
     metrics["test_error"] = 1.0 - metrics["test_accuracy"]
     return metrics
 
@@ -71,11 +83,15 @@ def fit(rows):
             at = [r for r in mine if DEPTH[r["model"]] == depth]
             tr = [r["train_error"] for r in at]
             te = [r["test_error"] for r in at]
-            run = [r.get("train_error_running", np.nan) for r in at]
+            run = [r["train_error_running"] for r in at]
+            plateau = [r["plateau_steps"] for r in at]
             table.append({"family": family, "depth": depth, "seeds": len(at),
                           "train_error": float(np.mean(tr)), "train_error_std": float(np.std(tr)),
                           "test_error": float(np.mean(te)), "test_error_std": float(np.std(te)),
                           "train_error_running": float(np.mean(run)),
+                          "plateau_steps": float(np.mean(plateau)),
+                          "plateau_steps_std": float(np.std(plateau)),
+                          "left_plateau": int(sum(r["left_plateau"] for r in at)),
                           "per_seed_train_error": [round(float(x), 4) for x in tr],
                           "params": at[0]["params"]})  # fmt: skip
     result = {"table": table}
@@ -103,16 +119,19 @@ def plot(rows, curves, outdir):
     from matplotlib.figure import Figure
 
     table = fit(rows)["table"]
-    fig = Figure(figsize=(9, 3.5), dpi=120)
-    axes = fig.subplots(1, 2)
-    for ax, metric in zip(axes, ("train_error", "test_error"), strict=True):
+    fig = Figure(figsize=(13, 3.5), dpi=120)
+    axes = fig.subplots(1, 3)
+    for ax, metric in zip(axes, ("train_error", "test_error", "plateau_steps"), strict=True):
         for i, family in enumerate(("plain", "residual", "VGG (BN)")):
             mine = [e for e in table if e["family"] == family]
             if mine:
                 ax.errorbar([e["depth"] for e in mine], [e[metric] for e in mine],
                             yerr=[e[f"{metric}_std"] for e in mine], fmt="o-", capsize=3,
                             color=f"C{i}", label=family)  # fmt: skip
-        ax.set(xlabel="depth (weight layers)", ylabel=f"{metric.replace('_', ' ')} (mean, s.d.)")
+        label = {"plateau_steps": "steps at chance (run length if never left)"}.get(
+            metric, metric.replace("_", " ")
+        )
+        ax.set(xlabel="depth (weight layers)", ylabel=f"{label} (mean, s.d.)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     path = os.path.join(outdir, "error_vs_depth.png")

@@ -35,6 +35,9 @@ def test_quick_pipeline(tmp_path, capsys, monkeypatch):
     assert [(e["family"], e["depth"]) for e in table] == [("plain", 8), ("residual", 8)]
     assert all(0 <= e["train_error"] <= 1 and e["params"] > 0 for e in table)
     assert all(0 <= e["train_error_running"] <= 1 for e in table)
+    # Steps on the chance plateau: a logged step of the 4-step run (every 2 steps).
+    assert all(e["plateau_steps"] in (2, 4) and e["left_plateau"] in (0, 1) for e in table)
+    assert all(e["left_plateau"] == 1 or e["plateau_steps"] == 4 for e in table)
     assert table[0]["params"] < table[1]["params"]  # the residual net has projection shortcuts
     assert main(["plot", spec, "--quick", *workdir]) == 0
     assert (tmp_path / "plots" / "error_vs_depth.png").exists()
