@@ -128,9 +128,7 @@ def plot(rows, curves, outdir):
                 ax.errorbar([e["depth"] for e in mine], [e[metric] for e in mine],
                             yerr=[e[f"{metric}_std"] for e in mine], fmt="o-", capsize=3,
                             color=f"C{i}", label=family)  # fmt: skip
-        label = {"plateau_steps": "steps at chance (run length if never left)"}.get(
-            metric, metric.replace("_", " ")
-        )
+        label = {"plateau_steps": "steps at chance"}.get(metric, metric.replace("_", " "))
         ax.set(xlabel="depth (weight layers)", ylabel=f"{label} (mean, s.d.)")
         ax.legend(fontsize=8)
     fig.tight_layout()
