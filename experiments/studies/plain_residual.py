@@ -36,6 +36,7 @@ from experiments.studies import common
 
 RESNETS = ["resnet20", "resnet32", "resnet56"]
 VGGS = ["vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"]
+LONG_STEPS = 3000  # the follow-up's run length (see define)
 DEPTH = {"resnet8": 8, "resnet20": 20, "resnet32": 32, "resnet56": 56, "vgg11_bn": 11,
          "vgg13_bn": 13, "vgg16_bn": 16, "vgg19_bn": 19}  # fmt: skip
 
@@ -74,18 +75,29 @@ def _family(row) -> str:
     return "residual" if row["model_kwargs.residual"] else "plain"
 
 
+FAMILIES = ("plain", "residual", "VGG (BN)")
+
+
+def _groups(done):
+    """``(steps, family, rows)`` for every run length and family present, shorter runs first."""
+    for steps in sorted({r["steps"] for r in done}):
+        for family in FAMILIES:
+            mine = [r for r in done if r["steps"] == steps and _family(r) == family]
+            if mine:
+                yield steps, family, mine
+
+
 def fit(rows):
     done = [r for r in rows if r["state"] == "COMPLETE"]
     table = []
-    for family in ("plain", "residual", "VGG (BN)"):
-        mine = [r for r in done if _family(r) == family]
+    for steps, family, mine in _groups(done):
         for depth in sorted({DEPTH[r["model"]] for r in mine}):
             at = [r for r in mine if DEPTH[r["model"]] == depth]
             tr = [r["train_error"] for r in at]
             te = [r["test_error"] for r in at]
             run = [r["train_error_running"] for r in at]
             plateau = [r["plateau_steps"] for r in at]
-            table.append({"family": family, "depth": depth, "seeds": len(at),
+            table.append({"family": family, "steps": steps, "depth": depth, "seeds": len(at),
                           "train_error": float(np.mean(tr)), "train_error_std": float(np.std(tr)),
                           "test_error": float(np.mean(te)), "test_error_std": float(np.std(te)),
                           "train_error_running": float(np.mean(run)),
@@ -98,8 +110,7 @@ def fit(rows):
     # Degradation: the change of mean training error from the shallowest to the deepest net,
     # with a seed-bootstrap interval (seeds resampled within each depth).
     rng = np.random.default_rng(0)
-    for family in ("plain", "residual", "VGG (BN)"):
-        mine = [r for r in done if _family(r) == family]
+    for steps, family, mine in _groups(done):
         depths = sorted({DEPTH[r["model"]] for r in mine})
         if len(depths) < 2:
             continue
@@ -107,7 +118,7 @@ def fit(rows):
         hi = np.array([r["train_error"] for r in mine if DEPTH[r["model"]] == depths[-1]])
         boot = [rng.choice(hi, hi.size).mean() - rng.choice(lo, lo.size).mean()
                 for _ in range(2000)]  # fmt: skip
-        result[f"{family}: deepest - shallowest train error"] = {
+        result[f"{family}, {steps} steps: deepest - shallowest train error"] = {
             "depths": [depths[0], depths[-1]],
             "delta": float(hi.mean() - lo.mean()),
             "interval": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
@@ -119,23 +130,26 @@ def plot(rows, curves, outdir):
     from matplotlib.figure import Figure
 
     table = fit(rows)["table"]
+    lengths = sorted({e["steps"] for e in table})
     fig = Figure(figsize=(13, 3.5), dpi=120)
     axes = fig.subplots(1, 3)
     for ax, metric in zip(axes, ("train_error", "test_error", "plateau_steps"), strict=True):
-        for i, family in enumerate(("plain", "residual", "VGG (BN)")):
-            mine = [e for e in table if e["family"] == family]
-            if mine:
-                ax.errorbar([e["depth"] for e in mine], [e[metric] for e in mine],
-                            yerr=[e[f"{metric}_std"] for e in mine], fmt="o-", capsize=3,
-                            color=f"C{i}", label=family)  # fmt: skip
+        for i, family in enumerate(FAMILIES):
+            for steps in lengths:  # the longer runs dashed
+                mine = [e for e in table if e["family"] == family and e["steps"] == steps]
+                if mine:
+                    ax.errorbar([e["depth"] for e in mine], [e[metric] for e in mine],
+                                yerr=[e[f"{metric}_std"] for e in mine], capsize=3,
+                                fmt="o-" if steps == lengths[0] else "s--", color=f"C{i}",
+                                label=f"{family}, {steps} steps")  # fmt: skip
         label = {"plateau_steps": "steps at chance"}.get(metric, metric.replace("_", " "))
         ax.set(xlabel="depth (weight layers)", ylabel=f"{label} (mean, s.d.)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(outdir, "error_vs_depth.png")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)
-    labels = {r["trial"]: f"{r['model']} {_family(r)} s{r['seed']}"
+    labels = {r["trial"]: f"{r['model']} {_family(r)} {r['steps']} steps s{r['seed']}"
               for r in rows if r["state"] == "COMPLETE"}  # fmt: skip
     return [path, plots.curves(curves, f"{outdir}/test_loss.png", ylabel="test loss",
                                labels=labels)]  # fmt: skip
@@ -167,6 +181,12 @@ def define(quick: bool = False) -> studies.Study:
         configs = _configs(["resnet8"], [], [0], resnet_kwargs, vgg_kwargs)
     else:
         configs = _configs(RESNETS, VGGS, [0, 1, 2], resnet_kwargs, vgg_kwargs)
+        # The follow-up, fixed before it ran (session 8): the 1000-step run left residual
+        # nets' training error rising with depth, the deeper nets sitting longer at chance;
+        # the same ResNets, plain and residual, trained 3x longer, everything else equal.
+        long = {"num_steps": LONG_STEPS, "eval_every": LONG_STEPS,
+                "checkpoint_every": LONG_STEPS // 2}  # fmt: skip
+        configs += [{**c, **long} for c in configs if not c["model"].startswith("vgg")]
     return studies.Study(
         name="plain_residual" + ("_quick" if quick else ""),
         configs=configs,
