@@ -235,7 +235,11 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=420.0, help="seconds for the whole run")
     parser.add_argument("--autotune", default="auto", choices=["auto", "off"])
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--smoke", action="store_true", help="tiny CPU run of this script")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny CPU run of this script: batch 2, one step, one round, no max-autotune",
+    )
     args = parser.parse_args()
     import timm
     import torch
@@ -243,7 +247,10 @@ def main() -> None:
     dev = jax.devices()[0]
     global DEVICE
     if args.smoke:
+        # The GPU defaults (batch 256) do not fit a CPU's memory or time: the smoke run only
+        # checks that every stage of the script runs.
         DEVICE = "cpu"
+        args.batch, args.steps, args.rounds, args.autotune = 2, 1, 1, "off"
     elif dev.platform != "gpu" or not torch.cuda.is_available():
         raise SystemExit("benchmarks.gpu_suite needs a GPU visible to both jax and torch.")
     _log(
