@@ -11,7 +11,8 @@ CIFAR-style ResNets 20/32/56 are trained with and without shortcuts (the registr
 ``residual=False``), and VGG-11/13/16/19 with BatchNorm (Simonyan & Zisserman) as a
 second plain family, each over several seeds; the trial is the main job
 (``experiments.studies.common.train_trial``) on the generated ``shapes`` (10 classes,
-10000 training images), 1000 steps. Training error is the final model's error on its
+10000 training images), 1000 steps, and the ResNets again at 3000 steps (a follow-up
+fixed before it ran). Training error is the final model's error on its
 own un-augmented training images (BatchNorm in eval mode); the running error of the
 last ``log_every`` training steps (BatchNorm in training mode), as He et al. plot it,
 is reported beside it, with the steps each net spends on the chance plateau (its
