@@ -10,7 +10,6 @@ in its own workdir, so a retried trial resumes from its own Orbax checkpoint.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +18,7 @@ import ml_collections
 
 from archjax import models, parallel, studies
 from experiments.configs.default import get_config
+from experiments.plotting import read_metrics
 
 # Free-form dicts of the default config: their keys go to models.create / the dataset.
 FREE_FORM = ("model_kwargs", "dataset_kwargs")
@@ -87,11 +87,9 @@ def train_trial(
     )
     if summary["interrupted"]:  # preempted: leave the trial RUNNING-stale to be retried
         raise KeyboardInterrupt(f"trial {trial.number} interrupted by a signal")
-    with open(os.path.join(trial.workdir, "metrics.jsonl")) as f:
-        for line in f:
-            record = json.loads(line)
-            if record["split"] == "test":
-                trial.report(record["step"], record["loss"])
+    for record in read_metrics(os.path.join(trial.workdir, "metrics.jsonl")):
+        if record["split"] == "test":
+            trial.report(record["step"], record["loss"])
     train_ds, _ = main_job.datasets(cfg)
     kwargs = main_job.model_kwargs(cfg, train_ds.num_classes)
     kwargs.pop("dtype", None)  # FLOPs are counted in fp32

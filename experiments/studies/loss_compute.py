@@ -18,13 +18,13 @@ log-log slope (how the optimal model size grows with compute).
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
 from archjax import studies
 from archjax.studies import fits, plots
+from experiments.plotting import read_metrics
 from experiments.studies import common
 
 
@@ -35,11 +35,10 @@ def train_trial_with_evals(config, trial):
     learning curves from the rows alone.
     """
     out = common.train_trial(config, trial)
-    with open(os.path.join(trial.workdir, "metrics.jsonl")) as f:
-        for record in map(json.loads, f):
-            if record["split"] == "test":
-                out[f"test_loss_at_{record['step']}"] = record["loss"]
-                out[f"test_error_at_{record['step']}"] = 1.0 - record["accuracy"]
+    for record in read_metrics(os.path.join(trial.workdir, "metrics.jsonl")):
+        if record["split"] == "test":
+            out[f"test_loss_at_{record['step']}"] = record["loss"]
+            out[f"test_error_at_{record['step']}"] = 1.0 - record["accuracy"]
     return out
 
 

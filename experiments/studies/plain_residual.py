@@ -26,13 +26,13 @@ residual nets can show a gain), and VGG-11's learning rate is the best of 0.1 / 
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
 from archjax import studies
 from archjax.studies import plots
+from experiments.plotting import read_metrics
 from experiments.studies import common
 
 RESNETS = ["resnet20", "resnet32", "resnet56"]
@@ -53,12 +53,8 @@ def train_error_trial(config, trial):
     chance plateau (``plateau_steps``: the first train-log step at twice chance accuracy,
     the whole run if never; ``left_plateau``: 1 if it got there)."""
     metrics = dict(common.train_trial(config, trial, train_split=True))
-    records = []
-    with open(os.path.join(trial.workdir, "metrics.jsonl")) as f:
-        for line in f:
-            record = json.loads(line)
-            if record["split"] == "train":
-                records.append(record)
+    records = [r for r in read_metrics(os.path.join(trial.workdir, "metrics.jsonl"))
+               if r["split"] == "train"]  # fmt: skip
     last = records[-1]
     left = [r["step"] for r in records if r["accuracy"] >= PLATEAU_ACCURACY]
     metrics["train_error"] = 1.0 - metrics["train_accuracy"]
