@@ -72,12 +72,16 @@ def train_trial(
     wrap_model: Callable[[Any], Any] | None = None,
     init_variables: dict[str, Any] | None = None,
     train_split: bool = False,
+    sharpness_batches: int = 0,
 ) -> dict[str, Any]:
     """Trains ``config`` in ``trial.workdir``; test metrics, curve and compute accounting.
 
     ``wrap_model`` and ``init_variables`` go to the main job (QAT; a fine-tune from given
     variables). ``train_split``: also ``train_loss`` / ``train_accuracy`` of the final model
     on the un-augmented train split, evaluated like the test split (a generalization gap).
+    ``sharpness_batches``: also ``train_hessian_top``, the largest Hessian eigenvalue of the
+    final model's training loss (eval mode) over that many full un-augmented train batches
+    (:func:`hessian_top_eigenvalue`).
     """
     from experiments import train as main_job  # JAX loads here, in the worker
 
@@ -110,12 +114,51 @@ def train_trial(
         **compute,
         **{k: summary[k] for k in ("sparsity", "macs_kept") if k in summary},  # pruned runs
     }
-    if train_split:
+    if train_split or sharpness_batches:
         from experiments.quant import common as quant_common
 
         model = quant_common.model_for(cfg, train_ds)
         model = wrap_model(model) if wrap_model else model
         variables = quant_common.final_variables(cfg, trial.workdir, model)
+    if train_split:
         train = quant_common.evaluate(cfg, model, variables, train_ds)
         metrics.update(train_loss=train["loss"], train_accuracy=train["accuracy"])
+    if sharpness_batches:
+        metrics["train_hessian_top"] = hessian_top_eigenvalue(
+            model, variables, train_ds, batch_size=cfg.batch_size,
+            num_batches=sharpness_batches, seed=cfg.seed,
+        )  # fmt: skip
     return metrics
+
+
+def hessian_top_eigenvalue(
+    model, variables, ds, *, batch_size: int, num_batches: int, seed: int = 0, steps: int = 20
+) -> float:
+    """The largest Hessian eigenvalue of ``model``'s mean training loss (eval mode).
+
+    Over the first ``num_batches`` full un-augmented batches of ``ds`` (the full-data Hessian
+    of those images, ``archjax.analysis`` with ``stacked=True``), by ``steps`` Lanczos steps.
+    Chen et al. (2021) compare converged models by this number (their Table 3).
+    """
+    import jax
+    import numpy as np
+
+    from archjax import analysis, data
+
+    batches = []
+    for batch in data.eval_batches(ds, batch_size=batch_size):
+        if len(batches) == num_batches:
+            break
+        if np.all(batch["mask"] == 1):  # padded last batch: left out
+            batches.append({"image": batch["image"], "label": batch["label"]})
+    if len(batches) < num_batches:
+        raise ValueError(
+            f"sharpness needs {num_batches} full train batches of {batch_size}; "
+            f"the train split gives {len(batches)}"
+        )
+    loss_fn = analysis.classifier_loss(model, variables)
+    top = analysis.top_eigenvalues(
+        loss_fn, variables["params"], analysis.stack_batches(batches),
+        key=jax.random.key(seed), num_steps=steps, stacked=True,
+    )  # fmt: skip
+    return float(top[0])

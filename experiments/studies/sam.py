@@ -5,7 +5,10 @@ Strong Data Augmentations" (2021). Tiny ViT, MLP-Mixer and ResNet are trained by
 main job on digits with and without SAM (``sam_rho``, Foret et al. 2021), several
 seeds each; the fit reports every model's SAM gain in test accuracy (paired by
 seed) with a t interval. As in the paper, ViT and Mixer train with AdamW and the
-ResNet with SGD + momentum; one SAM radius for all.
+ResNet with SGD + momentum; one SAM radius for all. The paper's mechanism is measured
+too: every trained model's sharpness, the largest Hessian eigenvalue of its training
+loss (``archjax.analysis``; the paper's Table 3 reports it), compared across models
+without SAM and paired by seed with and without it.
 
   python -m archjax.studies run experiments/studies/sam.py --quick
   python -m archjax.studies fit experiments/studies/sam.py --quick
@@ -38,6 +41,18 @@ def architectures(quick: bool) -> dict[str, dict]:
     return {k: archs[k] for k in (("ViT", "ResNet") if quick else archs)}
 
 
+def trial(config, trial):
+    """The main job, plus ``train_hessian_top``: the trained model's sharpness over the
+    first ``sharpness_batches`` train batches (``common.hessian_top_eigenvalue``)."""
+    config = dict(config)
+    batches = config.pop("sharpness_batches")
+    return common.train_trial(config, trial, sharpness_batches=batches)
+
+
+def check(config):
+    common.check_train_config({k: v for k, v in config.items() if k != "sharpness_batches"})
+
+
 def _arch(row: dict) -> str:
     return {"vit_tiny_patch16_224": "ViT", "mixer_s16_224": "Mixer", "resnet8": "ResNet"}[
         row["model"]
@@ -63,8 +78,41 @@ def gains(rows) -> dict:
     return out
 
 
+def sharpness(rows) -> dict:
+    """Per architecture: the top Hessian eigenvalue with and without SAM, and its log ratio.
+
+    The ratio ``lambda_SAM / lambda_plain`` is paired by seed; its geometric mean and t
+    interval are taken on the log scale (eigenvalues are positive and spread over decades).
+    """
+    done = [r for r in rows if r["state"] == "COMPLETE" and r.get("train_hessian_top")]
+    out = {}
+    for arch in dict.fromkeys(_arch(r) for r in done):
+        lam = {(r["sam_rho"] > 0, r["seed"]): r["train_hessian_top"]
+               for r in done if _arch(r) == arch}  # fmt: skip
+        plain = [v for (sam, _), v in lam.items() if not sam]
+        with_sam = [v for (sam, _), v in lam.items() if sam]
+        seeds = sorted(s for sam, s in lam if sam and (False, s) in lam)
+        logr = np.log([lam[True, s] / lam[False, s] for s in seeds])
+        n = logr.size
+        entry = {"lambda_without_sam": float(np.mean(plain)) if plain else None,
+                 "lambda_sam": float(np.mean(with_sam)) if with_sam else None,
+                 "per_seed_without_sam": [lam[False, s] for s in seeds],
+                 "per_seed_sam": [lam[True, s] for s in seeds]}  # fmt: skip
+        if n:
+            entry["ratio"] = float(np.exp(logr.mean()))
+        if n > 1:
+            half = scipy.stats.t.ppf(0.975, n - 1) * logr.std(ddof=1) / np.sqrt(n)
+            entry["ratio_ci95"] = [float(np.exp(logr.mean() - half)),
+                                   float(np.exp(logr.mean() + half))]  # fmt: skip
+        out[arch] = entry
+    return out
+
+
 def fit(rows):
     result = {"rho": RHO, "failed": sum(r["state"] == "FAIL" for r in rows), **gains(rows)}
+    sharp = sharpness(rows)
+    if sharp:
+        result["sharpness"] = sharp
     if "ResNet" in result:  # the claim: SAM helps the attention-free / conv-free models more
         for arch in ("ViT", "Mixer"):
             if arch in result:
@@ -75,9 +123,9 @@ def fit(rows):
 
 
 def plot(rows, curves, outdir):
-    g = gains(rows)
-    fig = Figure(figsize=(5.5, 4))
-    ax = fig.subplots()
+    g, sharp = gains(rows), sharpness(rows)
+    fig = Figure(figsize=(10, 4) if sharp else (5.5, 4))
+    ax, *rest = fig.subplots(1, 2 if sharp else 1, squeeze=False)[0]
     for i, r in enumerate(g.values()):
         ax.scatter([i] * len(r["per_seed_gain"]), 100 * np.array(r["per_seed_gain"]), s=12,
                    color="0.5", zorder=3)  # fmt: skip
@@ -89,6 +137,18 @@ def plot(rows, curves, outdir):
     ax.set_xticks(range(len(g)), list(g))
     ax.set(ylabel="SAM gain in test accuracy (points)",
            title=f"SAM (rho={RHO}) gain per architecture, seeds + 95% CI")  # fmt: skip
+    if sharp:  # per seed, without SAM (open) and with it (filled), on a log axis
+        bx = rest[0]
+        for i, r in enumerate(sharp.values()):
+            for j, (key, fill) in enumerate((("per_seed_without_sam", "none"),
+                                             ("per_seed_sam", f"C{i}"))):  # fmt: skip
+                v = r[key]
+                bx.scatter([2 * i + j] * len(v), v, facecolors=fill, edgecolors=f"C{i}", s=25)
+        bx.set_yscale("log")
+        bx.set_xticks([2 * i + j for i in range(len(sharp)) for j in (0, 1)],
+                      [f"{a}\n{t}" for a in sharp for t in ("SGD/AdamW", "SAM")])  # fmt: skip
+        bx.set(ylabel="top Hessian eigenvalue of the training loss",
+               title="Sharpness of the trained models (per seed)")  # fmt: skip
     fig.tight_layout()
     path = f"{outdir}/sam_gain.png"
     os.makedirs(outdir, exist_ok=True)
@@ -107,8 +167,8 @@ def define(quick: bool = False) -> studies.Study:
     return studies.Study(
         name="sam" + ("_quick" if quick else ""),
         configs=configs,
-        trial=common.train_trial,
-        check=common.check_train_config,
+        trial=trial,
+        check=check,
         setup=common.setup,
         objective="test_loss",
         fit=fit,
@@ -122,5 +182,7 @@ def define(quick: bool = False) -> studies.Study:
             "eval_every": steps // 2,
             "checkpoint_every": steps,
             "num_devices": 1,
+            # The Hessian over 8 train batches of 64: 512 of the 1438 training digits.
+            "sharpness_batches": 1 if quick else 8,
         },  # fmt: skip
     )
