@@ -146,7 +146,7 @@ def plot(rows, curves, outdir):
                 bx.scatter([2 * i + j] * len(v), v, facecolors=fill, edgecolors=f"C{i}", s=25)
         bx.set_yscale("log")
         bx.set_xticks([2 * i + j for i in range(len(sharp)) for j in (0, 1)],
-                      [f"{a}\n{t}" for a in sharp for t in ("SGD/AdamW", "SAM")])  # fmt: skip
+                      [f"{a}\n{t}" for a in sharp for t in ("no SAM", "SAM")])  # fmt: skip
         bx.set(ylabel="top Hessian eigenvalue of the training loss",
                title="Sharpness of the trained models (per seed)")  # fmt: skip
     fig.tight_layout()
