@@ -10,7 +10,7 @@ architectures by their trained accuracy (grad-norm, SNIP, SynFlow, NASWOT, SWAP:
 Spearman's rho"; the question here is whether each beats the trivial baselines.
 
 Ground truth is the RegNet design-space study (``experiments/studies/regnet_space.py``):
-its 64 networks (32 AnyNetX + 32 RegNetX; 2 in quick mode), each trained by the main
+its 128 networks (64 AnyNetX + 64 RegNetX; 2 in quick mode), each trained by the main
 job on 16 px digits. This study has the same configs, so a trial rebuilds the same
 network, scores it at ``init_seeds`` initializations on one fixed batch of train
 images (the mean score is recorded) and records its parameter count and the FLOPs the
