@@ -141,16 +141,10 @@ def hessian_top_eigenvalue(
     Chen et al. (2021) compare converged models by this number (their Table 3).
     """
     import jax
-    import numpy as np
 
-    from archjax import analysis, data
+    from archjax import analysis
 
-    batches = []
-    for batch in data.eval_batches(ds, batch_size=batch_size):
-        if len(batches) == num_batches:
-            break
-        if np.all(batch["mask"] == 1):  # padded last batch: left out
-            batches.append({"image": batch["image"], "label": batch["label"]})
+    batches = full_batches(ds, batch_size=batch_size, num_batches=num_batches)
     if len(batches) < num_batches:
         raise ValueError(
             f"sharpness needs {num_batches} full train batches of {batch_size}; "
@@ -162,3 +156,19 @@ def hessian_top_eigenvalue(
         key=jax.random.key(seed), num_steps=steps, stacked=True,
     )  # fmt: skip
     return float(top[0])
+
+
+def full_batches(ds, *, batch_size: int, num_batches: int) -> list[dict[str, Any]]:
+    """Up to ``num_batches`` un-augmented ``{"image", "label"}`` batches of ``ds``, in order,
+    leaving out a padded last batch (data for Hessian estimates)."""
+    import numpy as np
+
+    from archjax import data
+
+    batches = []
+    for batch in data.eval_batches(ds, batch_size=batch_size):
+        if len(batches) == num_batches:
+            break
+        if np.all(batch["mask"] == 1):
+            batches.append({"image": batch["image"], "label": batch["label"]})
+    return batches

@@ -96,7 +96,7 @@ def base_model(config: dict[str, Any], trial: studies.Trial):
     """
     import jax
 
-    from archjax import analysis, data
+    from archjax import analysis
     from experiments import train as main_job
     from experiments.quant import common as quant_common
 
@@ -109,12 +109,9 @@ def base_model(config: dict[str, Any], trial: studies.Trial):
         if not os.path.exists(traces_path):
             main_job.train_and_evaluate(cfg, base_dir)
             variables = quant_common.final_variables(cfg, base_dir, model)
-            batches = []
-            for batch in data.eval_batches(train_ds, batch_size=cfg.batch_size):
-                if len(batches) == config["hessian_batches"]:
-                    break
-                if np.all(batch["mask"] == 1):
-                    batches.append({"image": batch["image"], "label": batch["label"]})
+            batches = common.full_batches(
+                train_ds, batch_size=cfg.batch_size, num_batches=config["hessian_batches"]
+            )
             est = analysis.hutchinson_trace(
                 analysis.classifier_loss(model, variables),
                 variables["params"],

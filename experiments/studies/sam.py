@@ -59,17 +59,27 @@ def _arch(row: dict) -> str:
     ]
 
 
+def _paired(done, arch: str, metric: str):
+    """``{(with_sam, seed): metric}`` of ``arch``'s trials, and the seeds run both ways."""
+    vals = {(r["sam_rho"] > 0, r["seed"]): r[metric] for r in done if _arch(r) == arch}
+    return vals, sorted(s for sam, s in vals if sam and (False, s) in vals)
+
+
+def _t_half(x: np.ndarray) -> float:
+    """Half-width of the t 95% interval of ``x``'s mean (NaN under two values)."""
+    n = x.size
+    return scipy.stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
+
+
 def gains(rows) -> dict:
     """Per architecture: accuracies with and without SAM, and the seed-paired gain."""
     done = [r for r in rows if r["state"] == "COMPLETE"]
     out = {}
     for arch in dict.fromkeys(_arch(r) for r in done):
-        acc = {(r["sam_rho"] > 0, r["seed"]): r["test_accuracy"] for r in done if _arch(r) == arch}
-        seeds = sorted(s for sam, s in acc if sam and (False, s) in acc)
+        acc, seeds = _paired(done, arch, "test_accuracy")
         d = np.array([acc[True, s] - acc[False, s] for s in seeds])
         base = np.array([acc[False, s] for s in seeds])
-        n = d.size
-        half = scipy.stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
+        n, half = d.size, _t_half(d)
         out[arch] = {"seeds": n, "accuracy_without_sam": float(base.mean()),
                      "accuracy_sam": float(base.mean() + d.mean()), "gain": float(d.mean()),
                      "gain_std": float(d.std(ddof=1)) if n > 1 else None,
@@ -87,21 +97,18 @@ def sharpness(rows) -> dict:
     done = [r for r in rows if r["state"] == "COMPLETE" and r.get("train_hessian_top")]
     out = {}
     for arch in dict.fromkeys(_arch(r) for r in done):
-        lam = {(r["sam_rho"] > 0, r["seed"]): r["train_hessian_top"]
-               for r in done if _arch(r) == arch}  # fmt: skip
+        lam, seeds = _paired(done, arch, "train_hessian_top")
         plain = [v for (sam, _), v in lam.items() if not sam]
         with_sam = [v for (sam, _), v in lam.items() if sam]
-        seeds = sorted(s for sam, s in lam if sam and (False, s) in lam)
         logr = np.log([lam[True, s] / lam[False, s] for s in seeds])
-        n = logr.size
         entry = {"lambda_without_sam": float(np.mean(plain)) if plain else None,
                  "lambda_sam": float(np.mean(with_sam)) if with_sam else None,
                  "per_seed_without_sam": [lam[False, s] for s in seeds],
                  "per_seed_sam": [lam[True, s] for s in seeds]}  # fmt: skip
-        if n:
+        if logr.size:
             entry["ratio"] = float(np.exp(logr.mean()))
-        if n > 1:
-            half = scipy.stats.t.ppf(0.975, n - 1) * logr.std(ddof=1) / np.sqrt(n)
+        if logr.size > 1:
+            half = _t_half(logr)
             entry["ratio_ci95"] = [float(np.exp(logr.mean() - half)),
                                    float(np.exp(logr.mean() + half))]  # fmt: skip
         out[arch] = entry
